@@ -1,0 +1,3 @@
+"""ccloudvm: a development environment, or a whole cluster, inside one VM."""
+
+__version__ = "0.1.0"

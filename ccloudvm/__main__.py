@@ -1,0 +1,3 @@
+from ccloudvm.cli import main
+
+main()

@@ -1,0 +1,74 @@
+"""Where ccloudvm keeps its state: one directory, ~/.ccloudvm unless CCLOUDVM_HOME says otherwise.
+
+    <root>/id_ed25519[.pub]      the SSH key ccloudvm logs into guests with
+    <root>/cache/                downloaded and built images, downloads in progress
+    <root>/images/               the user's own image definitions (*.yaml)
+    <root>/workloads/            the user's own workload definitions (*.yaml)
+    <root>/instances/NAME/       one directory per instance
+    <root>/run/                  facts cached for this boot of the host (acceleration probe)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV_HOME = "CCLOUDVM_HOME"
+
+
+@dataclass(frozen=True)
+class StateDir:
+    root: Path
+
+    @classmethod
+    def from_env(cls) -> StateDir:
+        value = os.environ.get(ENV_HOME)
+        root = Path(value).expanduser() if value else Path.home() / ".ccloudvm"
+        return cls(root.absolute())
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    @property
+    def user_images(self) -> Path:
+        return self.root / "images"
+
+    @property
+    def user_workloads(self) -> Path:
+        return self.root / "workloads"
+
+    @property
+    def instances(self) -> Path:
+        return self.root / "instances"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def private_key(self) -> Path:
+        return self.root / "id_ed25519"
+
+    @property
+    def public_key(self) -> Path:
+        return self.root / "id_ed25519.pub"
+
+    def instance_dir(self, name: str) -> Path:
+        return self.instances / name
+
+    def ensure(self) -> None:
+        """Create the directory tree; private to the user, since it holds keys and sockets."""
+        for path in (self.root, self.cache, self.instances, self.run):
+            path.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o700)
+
+
+def resource_dir(name: str) -> Path:
+    """A bundled data folder (templates, cloud-init, images) of the source tree."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "data" / name, package.parent / name):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"bundled folder {name!r} is missing from the installation")

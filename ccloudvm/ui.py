@@ -1,0 +1,74 @@
+"""What the user sees: one console on stderr, steps with OK/FAIL, spinners, progress bars.
+
+Library code reports progress through these helpers so that the CLI, scripts and tests
+all get the same output; nothing else prints.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+console = Console(stderr=True, highlight=False)
+out = Console(highlight=False)  # stdout: results a script may read (tables, JSON)
+
+
+def info(message: str) -> None:
+    console.print(message)
+
+
+def warn(message: str) -> None:
+    console.print(f"[yellow]warning:[/yellow] {message}")
+
+
+@contextmanager
+def step(message: str) -> Iterator[None]:
+    """Print `message ... OK (1.2 s)` or `... FAIL` around a piece of work."""
+    start = time.monotonic()
+    console.print(f"{message} ...", end="")
+    try:
+        yield
+    except BaseException:
+        console.print(" [red]FAIL[/red]")
+        raise
+    console.print(f" [green]OK[/green] ({time.monotonic() - start:.1f} s)")
+
+
+@contextmanager
+def spinner(message: str) -> Iterator[Status]:
+    """A spinner whose text can be updated with the current stage."""
+    with console.status(message) as status:
+        yield Status(status, message)
+
+
+class Status:
+    def __init__(self, status: object, prefix: str) -> None:
+        self._status = status
+        self._prefix = prefix
+
+    def update(self, stage: str) -> None:
+        self._status.update(f"{self._prefix}: {stage}")  # type: ignore[attr-defined]
+
+
+def download_progress() -> Progress:
+    """A progress bar for byte transfers (downloads, image conversion)."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
