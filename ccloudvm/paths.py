@@ -1,11 +1,11 @@
 """Where ccloudvm keeps its state: one directory, ~/.ccloudvm unless CCLOUDVM_HOME says otherwise.
 
-    <root>/id_ed25519[.pub]      the SSH key ccloudvm logs into guests with
-    <root>/cache/                downloaded and built images, downloads in progress
-    <root>/images/               the user's own image definitions (*.yaml)
-    <root>/workloads/            the user's own workload definitions (*.yaml)
-    <root>/instances/NAME/       one directory per instance
-    <root>/run/                  facts cached for this boot of the host (acceleration probe)
+<root>/id_ed25519[.pub]      the SSH key ccloudvm logs into guests with
+<root>/cache/                downloaded and built images, downloads in progress
+<root>/images/               the user's own image definitions (*.yaml)
+<root>/workloads/            the user's own workload definitions (*.yaml)
+<root>/instances/NAME/       one directory per instance
+<root>/run/                  facts cached for this boot of the host (acceleration probe)
 """
 
 from __future__ import annotations

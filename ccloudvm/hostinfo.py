@@ -1,0 +1,109 @@
+"""Facts about the host and its user, read once and passed around (never at import time)."""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+# When the host user is root (CI, containers), the guest gets this ordinary user instead
+# of logging in as the guest's root.
+ROOT_HOST_GUEST_USER = "ccloudvm"
+ROOT_HOST_GUEST_UID = 1000
+
+
+@dataclass(frozen=True)
+class HostUser:
+    name: str
+    uid: int
+    gid: int
+    group: str
+    home: Path
+    gopath: Path
+    git_name: str
+    git_email: str
+
+    @property
+    def is_root(self) -> bool:
+        return self.uid == 0
+
+    @property
+    def guest_name(self) -> str:
+        return ROOT_HOST_GUEST_USER if self.is_root else self.name
+
+    @property
+    def guest_uid(self) -> int:
+        return ROOT_HOST_GUEST_UID if self.is_root else self.uid
+
+    @property
+    def guest_gid(self) -> int:
+        return ROOT_HOST_GUEST_UID if self.is_root else self.gid
+
+    @property
+    def guest_home(self) -> str:
+        return f"/home/{self.guest_name}"
+
+
+def _git_config(key: str) -> str:
+    git = shutil.which("git")
+    if git is None:
+        return ""
+    result = subprocess.run(  # noqa: S603 - fixed argv
+        [git, "config", "--global", "--get", key],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return result.stdout.strip() if result.returncode == 0 else ""
+
+
+def host_user() -> HostUser:
+    uid = os.getuid()
+    entry = pwd.getpwuid(uid)
+    gid = os.getgid()
+    try:
+        group = grp.getgrgid(gid).gr_name
+    except KeyError:
+        group = entry.pw_name
+    home = Path(os.environ.get("HOME") or entry.pw_dir)
+    gopath = Path(os.environ.get("GOPATH") or home / "go")
+    return HostUser(
+        name=entry.pw_name,
+        uid=uid,
+        gid=gid,
+        group=group,
+        home=home,
+        gopath=gopath,
+        git_name=_git_config("user.name"),
+        git_email=_git_config("user.email"),
+    )
+
+
+@dataclass(frozen=True)
+class HostResources:
+    cpus: int
+    mem_mib: int
+
+    def default_cpus(self) -> int:
+        """Half the host's CPUs, at least 1 and at most 8."""
+        return max(1, min(8, self.cpus // 2))
+
+    def default_mem_mib(self) -> int:
+        """Half the host's memory, at least 1 GiB and at most 8 GiB."""
+        return max(1024, min(8192, self.mem_mib // 2))
+
+
+def host_resources() -> HostResources:
+    cpus = os.cpu_count() or 1
+    mem_kib = 0
+    with open("/proc/meminfo", encoding="ascii") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+                break
+    return HostResources(cpus=cpus, mem_mib=mem_kib // 1024)

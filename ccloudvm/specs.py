@@ -1,0 +1,86 @@
+"""Small value types shared by the CLI, workloads and instances: ports and mounts."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ccloudvm.errors import UsageError
+
+SECURITY_MODELS = ("passthrough", "mapped-xattr", "mapped-file", "none")
+
+
+@dataclass(frozen=True)
+class PortSpec:
+    """A guest TCP port forwarded to the instance's loopback address on the host."""
+
+    host: int
+    guest: int
+
+    @classmethod
+    def parse(cls, text: str) -> PortSpec:
+        """'8080:80' (host:guest) or '80' (the same port on both sides)."""
+        match = re.fullmatch(r"(?:(\d{1,5}):)?(\d{1,5})", text.strip())
+        if not match:
+            raise UsageError(
+                f"invalid port {text!r}", hint="write HOST:GUEST, for example --port 8080:80"
+            )
+        guest = int(match.group(2))
+        host = int(match.group(1)) if match.group(1) else guest
+        for port in (host, guest):
+            if not 1 <= port <= 65535:
+                raise UsageError(f"port {port} in {text!r} is out of range (1-65535)")
+        return cls(host=host, guest=guest)
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.guest}"
+
+
+@dataclass(frozen=True)
+class MountSpec:
+    """A host folder shared into the guest over 9p."""
+
+    host_path: Path
+    guest_path: str
+    tag: str
+    security_model: str | None = None  # None: chosen by the instance for the host user
+    readonly: bool = False
+
+    @classmethod
+    def parse(cls, text: str, index: int = 0) -> MountSpec:
+        """'HOST:GUEST[:ro]'; the host path may start with ~. The tag is derived."""
+        parts = text.split(":")
+        if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+            raise UsageError(
+                f"invalid mount {text!r}",
+                hint="write HOST_PATH:GUEST_PATH[:ro], for example --mount ~/src:/home/me/src",
+            )
+        readonly = False
+        if len(parts) == 3:
+            if parts[2] not in ("ro", "rw"):
+                raise UsageError(
+                    f"invalid mount option {parts[2]!r} in {text!r}", hint="use ro or rw"
+                )
+            readonly = parts[2] == "ro"
+        guest = parts[1]
+        if not guest.startswith("/"):
+            raise UsageError(f"guest path {guest!r} in {text!r} must be absolute")
+        return cls(
+            host_path=Path(parts[0]).expanduser().absolute(),
+            guest_path=guest,
+            tag=f"mount{index}",
+            readonly=readonly,
+        )
+
+    def validate(self) -> None:
+        if not self.host_path.is_dir():
+            raise UsageError(
+                f"mount source {self.host_path} does not exist or is not a folder",
+                hint="create it first or fix the path",
+            )
+        if self.security_model is not None and self.security_model not in SECURITY_MODELS:
+            raise UsageError(
+                f"unknown 9p security model {self.security_model!r}",
+                hint="use one of " + ", ".join(SECURITY_MODELS),
+            )
