@@ -1,0 +1,488 @@
+"""The instance lifecycle: create, start, stop, quit, delete, status.
+
+Each public function takes the instance's lock, so two ccloudvm commands never work on
+one instance at once. Create validates everything before it makes anything; if it fails
+before QEMU starts, nothing is left behind; if the guest fails to become ready, the
+instance stays for inspection (`logs`, `connect`) and `delete` removes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ccloudvm import accel, images, keys, process, qemu, qmp, ready, seed, ui
+from ccloudvm.errors import CcloudvmError, StateError, UsageError
+from ccloudvm.hostinfo import HostUser, host_resources, host_user
+from ccloudvm.instance_state import (
+    ImageRef,
+    InstanceFiles,
+    InstanceState,
+    all_states,
+    allocate_host_ip,
+    files_of,
+    instance_lock,
+    instance_names,
+    load_state,
+    pick_ssh_port,
+    port_free,
+    random_name,
+    save_state,
+    validate_name,
+)
+from ccloudvm.paths import StateDir
+from ccloudvm.proc import require_tool, run
+from ccloudvm.specs import MountSpec, PortSpec
+from ccloudvm.ssh import SSHTarget, known_hosts_line, wait_for_ssh
+
+DEFAULT_DISK_GIB = 20
+MIN_MEM_MIB = 256
+MAX_DISK_GIB = 4096
+BOOT_TIMEOUT = 900.0  # software emulation on a busy 2-core host is slow
+STOP_TIMEOUT = 120.0
+
+
+@dataclass
+class CreateRequest:
+    workload: str
+    image: str
+    name: str | None = None
+    mem_mib: int | None = None
+    cpus: int | None = None
+    disk_gib: int | None = None
+    ports: list[PortSpec] = field(default_factory=list)
+    mounts: list[MountSpec] = field(default_factory=list)
+    drives: list[str] = field(default_factory=list)
+    accel_mode: str = "auto"
+    nested: bool = False
+    user_data: dict[str, Any] = field(default_factory=dict)
+    timeout: float = BOOT_TIMEOUT
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _check_sizes(req: CreateRequest) -> tuple[int, int, int]:
+    host = host_resources()
+    mem = req.mem_mib if req.mem_mib is not None else host.default_mem_mib()
+    cpus = req.cpus if req.cpus is not None else host.default_cpus()
+    disk = req.disk_gib if req.disk_gib is not None else DEFAULT_DISK_GIB
+    if not MIN_MEM_MIB <= mem <= host.mem_mib:
+        raise UsageError(
+            f"--mem {mem} MiB is out of range",
+            hint=f"use {MIN_MEM_MIB} to {host.mem_mib} MiB (this host has {host.mem_mib} MiB)",
+        )
+    if not 1 <= cpus <= host.cpus:
+        raise UsageError(
+            f"--cpus {cpus} is out of range",
+            hint=f"use 1 to {host.cpus} (this host has {host.cpus} CPUs)",
+        )
+    if not 1 <= disk <= MAX_DISK_GIB:
+        raise UsageError(f"--disk {disk} GiB is out of range", hint=f"use 1 to {MAX_DISK_GIB} GiB")
+    return mem, cpus, disk
+
+
+def _check_mounts(mounts: list[MountSpec], user: HostUser) -> list[MountSpec]:
+    resolved = []
+    seen_tags: set[str] = set()
+    seen_paths: set[str] = set()
+    for mount in mounts:
+        mount.validate()
+        if mount.tag in seen_tags or mount.guest_path in seen_paths:
+            raise UsageError(
+                f"two mounts share the tag {mount.tag!r} or the guest path {mount.guest_path}"
+            )
+        seen_tags.add(mount.tag)
+        seen_paths.add(mount.guest_path)
+        # On a root host QEMU runs as root: mapped-xattr keeps the guest user's ownership in
+        # xattrs and leaves the host's real owners alone. Otherwise QEMU runs as the user,
+        # whose uid the guest user shares, so plain permissions already line up.
+        model = mount.security_model or ("mapped-xattr" if user.is_root else "none")
+        resolved.append(
+            MountSpec(mount.host_path, mount.guest_path, mount.tag, model, mount.readonly)
+        )
+    return resolved
+
+
+def _check_ports(ports: list[PortSpec], host_ip: str) -> None:
+    seen: set[int] = set()
+    for port in ports:
+        if port.host in seen:
+            raise UsageError(f"host port {port.host} is forwarded twice")
+        seen.add(port.host)
+        if not port_free(host_ip, port.host):
+            raise UsageError(
+                f"port {port.host} on {host_ip} is already in use",
+                hint="pick another host port, for example --port 18080:80",
+            )
+
+
+def _disk_virtual_size_gib(disk: Path) -> float:
+    info = json.loads(run(["qemu-img", "info", "--output=json", "-U", disk]).stdout)
+    return int(info["virtual-size"]) / 2**30
+
+
+# ---------------------------------------------------------------- launching
+
+
+def _machine(
+    files: InstanceFiles, inst: InstanceState, acc: accel.Acceleration
+) -> qemu.MachineConfig:
+    boot = None
+    if inst.image.kernel:
+        boot = qemu.DirectBoot(
+            kernel=Path(inst.image.kernel),
+            initrd=Path(inst.image.initrd) if inst.image.initrd else None,
+            cmdline=inst.image.cmdline or "root=/dev/vda rw console=ttyS0",
+        )
+    return qemu.MachineConfig(
+        name=inst.name,
+        accel=acc,
+        nested=inst.nested,
+        mem_mib=inst.mem_mib,
+        cpus=inst.cpus,
+        disk=files.disk,
+        seed=files.seed,
+        host_ip=inst.host_ip,
+        ssh_port=inst.ssh_port,
+        qmp_socket=files.qmp,
+        serial_log=files.serial,
+        pidfile=files.pidfile,
+        ports=tuple(inst.port_specs()),
+        mounts=tuple(inst.mount_specs()),
+        boot=boot,
+        extra_drives=tuple(inst.drives),
+    )
+
+
+def _acceleration(state: StateDir, inst: InstanceState) -> accel.Acceleration:
+    kernel = Path(inst.image.kernel) if inst.image.kernel else None
+    acc = accel.detect(mode=inst.accel_mode, run_dir=state.run, probe_kernel=kernel)
+    if not acc.is_kvm and inst.accel_mode == "auto":
+        ui.warn(
+            f"KVM is not usable ({acc.reason}); using software emulation (TCG), which is slower"
+        )
+    if inst.nested and not acc.nested:
+        ui.warn("this workload wants nested virtualisation, which this host does not offer")
+    return acc
+
+
+def _launch(state: StateDir, files: InstanceFiles, inst: InstanceState) -> None:
+    qemu_bin = require_tool("qemu-system-x86_64")
+    acc = _acceleration(state, inst)
+    for stale in (files.qmp, files.pidfile):
+        stale.unlink(missing_ok=True)
+    if files.serial.exists():
+        files.serial.replace(files.serial.with_suffix(".log.1"))
+    if not port_free(inst.host_ip, inst.ssh_port):
+        inst.ssh_port = pick_ssh_port(inst.host_ip, inst.ssh_port + 1)
+    _check_ports(inst.port_specs(), inst.host_ip)
+    argv = qemu.command_line(qemu_bin, _machine(files, inst, acc))
+    inst.accel_used = acc.accel
+    inst.desired = "running"
+    save_state(files, inst)
+    result = run(argv, check=False)
+    if result.returncode != 0:
+        inst.desired = "stopped"
+        save_state(files, inst)
+        reason = (result.stdout or "").strip().splitlines()
+        raise CcloudvmError(
+            f"QEMU failed to start {inst.name!r}: {reason[-1] if reason else 'no output'}",
+            hint="run with --debug to see the QEMU command line",
+        )
+    files.qmp.parent.chmod(0o700)
+
+
+def _wait_ready(files: InstanceFiles, inst: InstanceState, timeout: float) -> SSHTarget:
+    deadline = time.monotonic() + timeout
+    start = time.monotonic()
+
+    def alive() -> bool:
+        return process.running_pid(files.pidfile, files.dir) is not None
+
+    with ui.spinner(f"Booting {inst.name}") as status:
+        ready.wait_for_marker(
+            files.serial, deadline=deadline, is_alive=alive,
+            on_stage=ready.report_stage(status), name=inst.name,
+        )  # fmt: skip
+        status.update("connecting over SSH")
+        target = ssh_target_for(files, inst, deadline=deadline)
+    code, result = target.run_capture(["cat", "/run/cloud-init/result.json"])
+    errors = ready.cloud_init_errors(result) if code == 0 else []
+    if errors:
+        ui.warn(
+            f"cloud-init reported errors in {inst.name!r}: {'; '.join(errors)[:300]} "
+            f"(see 'ccloudvm logs {inst.name} --cloud-init')"
+        )
+    ui.info(f"{inst.name} is ready ({time.monotonic() - start:.1f} s, {inst.accel_used})")
+    return target
+
+
+def ssh_target_for(
+    files: InstanceFiles, inst: InstanceState, *, deadline: float | None = None
+) -> SSHTarget:
+    state_key = files.host_key_pub.read_text().strip()
+    if deadline is None:
+        deadline = time.monotonic() + 30
+    return wait_for_ssh(
+        name=inst.name, host=inst.host_ip, port=inst.ssh_port, user=inst.guest_user,
+        key_path=StateDir(files.dir.parent.parent).private_key, host_key_public=state_key,
+        deadline=deadline,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------- commands
+
+
+def create(state: StateDir, req: CreateRequest) -> InstanceState:
+    """Make a new instance and boot it until it is ready; return its record."""
+    state.ensure()
+    user = host_user()
+    taken = set(instance_names(state))
+    name = validate_name(req.name) if req.name else random_name(taken)
+    if name in taken or state.instance_dir(name).exists():
+        raise UsageError(
+            f"an instance named {name!r} already exists",
+            hint="choose another --name or delete it first",
+        )
+    mem, cpus, disk = _check_sizes(req)
+    mounts = _check_mounts(req.mounts, user)
+    host_ip = allocate_host_ip({s.host_ip for s in all_states(state)})
+    _check_ports(req.ports, host_ip)
+    require_tool("qemu-system-x86_64")
+    require_tool("qemu-img")
+    base = images.ensure_image(state, req.image)
+    if disk < _disk_virtual_size_gib(base.disk):
+        raise UsageError(
+            f"--disk {disk} GiB is smaller than the image {req.image} ({_disk_virtual_size_gib(base.disk):.1f} GiB)"
+        )
+
+    files = files_of(state, name)
+    made_dir = False
+    launched = False
+    try:
+        files.dir.mkdir(parents=True)
+        made_dir = True
+        files.dir.chmod(0o700)
+        with instance_lock(files):
+            run(
+                [
+                    "qemu-img",
+                    "create",
+                    "-q",
+                    "-f",
+                    "qcow2",
+                    "-F",
+                    "qcow2",
+                    "-b",
+                    base.disk,
+                    files.disk,
+                    f"{disk}G",
+                ]
+            )
+            user_key = keys.ensure_user_key(state)
+            host_key = keys.generate_ed25519(f"ccloudvm-{name}")
+            keys.write_keypair(host_key, files.host_key)
+            inst = InstanceState(
+                name=name,
+                workload=req.workload,
+                image=ImageRef(
+                    name=base.name,
+                    key=base.key,
+                    disk=str(base.disk),
+                    kernel=str(base.kernel) if base.kernel else None,
+                    initrd=str(base.initrd) if base.initrd else None,
+                    cmdline=base.cmdline,
+                ),  # fmt: skip
+                mem_mib=mem,
+                cpus=cpus,
+                disk_gib=disk,
+                host_ip=host_ip,
+                ssh_port=pick_ssh_port(host_ip),
+                guest_user=user.guest_name,
+                accel_mode=req.accel_mode,
+                nested=req.nested,
+                ports=[str(p) for p in req.ports],
+                mounts=[InstanceState.mount_record(m) for m in mounts],
+                drives=list(req.drives),
+            )
+            files.known_hosts.write_text(
+                known_hosts_line(inst.host_ip, inst.ssh_port, host_key.public_openssh) + "\n"
+            )
+            instance_id = f"{name}-{uuid.uuid4().hex[:12]}"
+            files.instance_id.write_text(instance_id + "\n")
+            seed.write_seed_iso(
+                files.seed,
+                seed.SeedConfig(
+                    hostname=name,
+                    user_name=user.guest_name,
+                    uid=user.guest_uid,
+                    gid=user.guest_gid,
+                    home=user.guest_home,
+                    authorized_keys=[user_key.public_openssh],
+                    host_key=host_key,
+                    mounts=mounts,
+                    chown_mounts=user.is_root,
+                    extra_user_data=req.user_data,
+                ),
+                instance_id,
+            )
+            save_state(files, inst)
+            launched = True
+            _launch(state, files, inst)
+            _wait_ready(files, inst, req.timeout).close()
+            return inst
+    except BaseException:
+        if made_dir and not launched:
+            shutil.rmtree(files.dir, ignore_errors=True)
+        raise
+
+
+def start(state: StateDir, name: str, timeout: float = BOOT_TIMEOUT) -> InstanceState:
+    files = files_of(state, name)
+    inst = load_state(state, name)
+    with instance_lock(files):
+        if process.running_pid(files.pidfile, files.dir) is not None:
+            ui.info(f"{name} is already running")
+            return inst
+        _launch(state, files, inst)
+        _wait_ready(files, inst, timeout).close()
+        return inst
+
+
+def _require_running(files: InstanceFiles, name: str) -> int:
+    pid = process.running_pid(files.pidfile, files.dir)
+    if pid is None:
+        raise StateError(f"{name!r} is not running", hint=f"start it with 'ccloudvm start {name}'")
+    return pid
+
+
+def stop(state: StateDir, name: str, timeout: float = STOP_TIMEOUT) -> None:
+    """Shut the guest down politely; quit QEMU, then kill it, if the guest does not."""
+    files = files_of(state, name)
+    inst = load_state(state, name)
+    with instance_lock(files):
+        pid = process.running_pid(files.pidfile, files.dir)
+        inst.desired = "stopped"
+        save_state(files, inst)
+        if pid is None:
+            ui.info(f"{name} is already stopped")
+            return
+        with ui.spinner(f"Stopping {name}"):
+            with contextlib.suppress(qmp.QMPUnavailable):
+                qmp.system_powerdown(files.qmp)
+            if not process.wait_gone(pid, files.dir, timeout):
+                ui.warn(f"{name} did not power off within {timeout:.0f} s; quitting QEMU")
+                qmp.quit(files.qmp)
+                if not process.wait_gone(pid, files.dir, 10):
+                    process.kill(pid, files.dir)
+        files.qmp.unlink(missing_ok=True)
+        ui.info(f"{name} stopped")
+
+
+def quit_instance(state: StateDir, name: str) -> None:
+    """Stop QEMU at once, as pulling the plug would."""
+    files = files_of(state, name)
+    inst = load_state(state, name)
+    with instance_lock(files):
+        inst.desired = "stopped"
+        save_state(files, inst)
+        _force_off(files)
+        ui.info(f"{name} quit")
+
+
+def _force_off(files: InstanceFiles) -> None:
+    pid = process.running_pid(files.pidfile, files.dir)
+    if pid is None:
+        return
+    qmp.quit(files.qmp)
+    if not process.wait_gone(pid, files.dir, 10):
+        process.kill(pid, files.dir)
+    files.qmp.unlink(missing_ok=True)
+
+
+def delete(state: StateDir, name: str) -> None:
+    validate_name(name)
+    files = files_of(state, name)
+    if not files.dir.exists():
+        raise UsageError(f"no instance named {name!r}", hint="'ccloudvm instances' lists them")
+    with instance_lock(files):
+        _force_off(files)
+        shutil.rmtree(files.dir)
+    ui.info(f"{name} deleted")
+
+
+def status(state: StateDir, name: str) -> dict[str, Any]:
+    inst = load_state(state, name)
+    files = files_of(state, name)
+    pid = process.running_pid(files.pidfile, files.dir)
+    if pid is None:
+        run_state = "crashed" if inst.desired == "running" else "stopped"
+        guest = None
+    else:
+        try:
+            guest = qmp.query_status(files.qmp)
+        except qmp.QMPUnavailable:
+            guest = "unknown"
+        run_state = "running" if guest == "running" else guest
+    return {
+        "name": inst.name,
+        "state": run_state,
+        "pid": pid,
+        "workload": inst.workload,
+        "image": inst.image.name,
+        "mem_mib": inst.mem_mib,
+        "cpus": inst.cpus,
+        "disk_gib": inst.disk_gib,
+        "accel": inst.accel_used,
+        "ssh": f"{inst.guest_user}@{inst.host_ip}:{inst.ssh_port}",
+        "ports": [f"{inst.host_ip}:{p.host}->{p.guest}" for p in inst.port_specs()],
+        "mounts": [f"{m.host_path}->{m.guest_path}" for m in inst.mount_specs()],
+        "directory": str(files.dir),
+    }
+
+
+def connect_target(state: StateDir, name: str) -> SSHTarget:
+    """An SSH connection to a running instance."""
+    inst = load_state(state, name)
+    files = files_of(state, name)
+    _require_running(files, name)
+    return ssh_target_for(files, inst, deadline=time.monotonic() + 20)
+
+
+def ssh_argv(state: StateDir, name: str, command: list[str] | None = None) -> list[str]:
+    """The system ssh command line for an interactive session, host key pinned."""
+    inst = load_state(state, name)
+    files = files_of(state, name)
+    _require_running(files, name)
+    argv = [
+        require_tool("ssh"), "-F", "/dev/null",
+        "-i", str(state.private_key), "-o", "IdentitiesOnly=yes",
+        "-o", f"UserKnownHostsFile={files.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+        "-o", "LogLevel=ERROR",
+        "-p", str(inst.ssh_port), f"{inst.guest_user}@{inst.host_ip}",
+    ]  # fmt: skip
+    if command:
+        argv += ["--", *command]
+    return argv
+
+
+def ssh_config(state: StateDir, name: str) -> str:
+    inst = load_state(state, name)
+    files = files_of(state, name)
+    return (
+        f"Host {inst.name}\n"
+        f"  HostName {inst.host_ip}\n"
+        f"  Port {inst.ssh_port}\n"
+        f"  User {inst.guest_user}\n"
+        f"  IdentityFile {state.private_key}\n"
+        "  IdentitiesOnly yes\n"
+        f"  UserKnownHostsFile {files.known_hosts}\n"
+        "  StrictHostKeyChecking yes\n"
+    )

@@ -1,0 +1,245 @@
+"""An instance's saved description and its directory: names, files, addresses, the lock.
+
+Everything about an instance lives in <state>/instances/NAME/; state.json is the
+record of what it was created with, rewritten atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import random
+import re
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ccloudvm.errors import NotFoundError, StateError, UsageError
+from ccloudvm.paths import StateDir
+from ccloudvm.specs import MountSpec, PortSpec
+
+NAME_PATTERN = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+LOOPBACK_PREFIX = "127.77"  # each instance gets 127.77.X.Y, so forwarded ports never clash
+DEFAULT_SSH_PORT = 10022
+
+_ADJECTIVES = (
+    "brave",
+    "calm",
+    "eager",
+    "fond",
+    "keen",
+    "lucid",
+    "merry",
+    "nimble",
+    "proud",
+    "quiet",
+    "swift",
+    "witty",
+)
+_NOUNS = (
+    "otter",
+    "heron",
+    "lynx",
+    "badger",
+    "falcon",
+    "marten",
+    "puffin",
+    "wren",
+    "stoat",
+    "vole",
+    "ibis",
+    "newt",
+)
+
+
+def validate_name(name: str) -> str:
+    if not NAME_PATTERN.fullmatch(name):
+        raise UsageError(
+            f"invalid instance name {name!r}",
+            hint="use 1-63 lower-case letters, digits and '-', starting and ending with a letter or digit",
+        )
+    return name
+
+
+def random_name(taken: set[str]) -> str:
+    rng = random.SystemRandom()
+    for _ in range(200):
+        name = f"{rng.choice(_ADJECTIVES)}-{rng.choice(_NOUNS)}"
+        if name not in taken:
+            return name
+    return f"vm-{rng.randrange(16**6):06x}"
+
+
+@dataclass
+class ImageRef:
+    name: str
+    key: str
+    disk: str
+    kernel: str | None = None
+    initrd: str | None = None
+    cmdline: str | None = None
+
+
+@dataclass
+class InstanceState:
+    name: str
+    workload: str
+    image: ImageRef
+    mem_mib: int
+    cpus: int
+    disk_gib: int
+    host_ip: str
+    ssh_port: int
+    guest_user: str
+    accel_mode: str = "auto"
+    nested: bool = False
+    ports: list[str] = field(default_factory=list)  # "host:guest"
+    mounts: list[dict[str, Any]] = field(default_factory=list)
+    drives: list[str] = field(default_factory=list)
+    created: float = field(default_factory=time.time)
+    # "running" while we believe QEMU runs; "stopped" after stop/quit. A dead QEMU
+    # while this says running means it died behind our back.
+    desired: str = "running"
+    provisioned: bool = False
+    accel_used: str = ""
+
+    def port_specs(self) -> list[PortSpec]:
+        return [PortSpec.parse(p) for p in self.ports]
+
+    def mount_specs(self) -> list[MountSpec]:
+        return [
+            MountSpec(
+                host_path=Path(m["host_path"]),
+                guest_path=m["guest_path"],
+                tag=m["tag"],
+                security_model=m.get("security_model"),
+                readonly=bool(m.get("readonly", False)),
+            )
+            for m in self.mounts
+        ]
+
+    @staticmethod
+    def mount_record(mount: MountSpec) -> dict[str, Any]:
+        return {
+            "host_path": str(mount.host_path),
+            "guest_path": mount.guest_path,
+            "tag": mount.tag,
+            "security_model": mount.security_model,
+            "readonly": mount.readonly,
+        }
+
+
+class InstanceFiles:
+    """The paths inside one instance's directory."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+
+    state = property(lambda self: self.dir / "state.json")
+    disk = property(lambda self: self.dir / "disk.qcow2")
+    seed = property(lambda self: self.dir / "seed.iso")
+    host_key = property(lambda self: self.dir / "ssh_host_ed25519_key")
+    host_key_pub = property(lambda self: self.dir / "ssh_host_ed25519_key.pub")
+    known_hosts = property(lambda self: self.dir / "known_hosts")
+    qmp = property(lambda self: self.dir / "qmp.sock")
+    serial = property(lambda self: self.dir / "serial.log")
+    pidfile = property(lambda self: self.dir / "qemu.pid")
+    lock = property(lambda self: self.dir / "lock")
+    instance_id = property(lambda self: self.dir / "instance-id")
+
+
+def files_of(state: StateDir, name: str) -> InstanceFiles:
+    return InstanceFiles(state.instance_dir(name))
+
+
+def save_state(files: InstanceFiles, inst: InstanceState) -> None:
+    tmp = files.state.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(inst), indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, files.state)
+
+
+def load_state(state: StateDir, name: str) -> InstanceState:
+    files = files_of(state, name)
+    try:
+        raw = json.loads(files.state.read_text())
+    except FileNotFoundError:
+        raise NotFoundError(
+            f"no instance named {name!r}", hint="'ccloudvm instances' lists them"
+        ) from None
+    except ValueError as exc:
+        raise StateError(
+            f"the state file of {name!r} is damaged: {exc}",
+            hint=f"'ccloudvm delete {name}' removes it",
+        ) from exc
+    raw["image"] = ImageRef(**raw["image"])
+    return InstanceState(**raw)
+
+
+def instance_names(state: StateDir) -> list[str]:
+    if not state.instances.is_dir():
+        return []
+    return sorted(p.name for p in state.instances.iterdir() if (p / "state.json").exists())
+
+
+def all_states(state: StateDir) -> list[InstanceState]:
+    result = []
+    for name in instance_names(state):
+        with contextlib.suppress(NotFoundError, StateError):
+            result.append(load_state(state, name))
+    return result
+
+
+def allocate_host_ip(taken: set[str]) -> str:
+    for third in range(256):
+        for fourth in range(2, 255):
+            address = f"{LOOPBACK_PREFIX}.{third}.{fourth}"
+            if address not in taken:
+                return address
+    raise StateError("no free loopback address left for a new instance")
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def pick_ssh_port(host: str, preferred: int = DEFAULT_SSH_PORT) -> int:
+    for port in range(preferred, preferred + 1000):
+        if port_free(host, port):
+            return port
+    raise StateError(f"no free port for SSH on {host} between {preferred} and {preferred + 999}")
+
+
+@contextlib.contextmanager
+def instance_lock(files: InstanceFiles, timeout: float = 600.0) -> Iterator[None]:
+    """Serialise commands on one instance across processes."""
+    files.dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(files.lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise StateError(
+                        f"another ccloudvm command is still working on {files.dir.name!r}",
+                        hint="wait for it to finish and try again",
+                    ) from None
+                time.sleep(0.2)
+        yield
+    finally:
+        os.close(fd)

@@ -1,0 +1,53 @@
+"""A small synchronous face on qemu.qmp's QMP client, with timeouts on every call."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import Any
+
+from qemu.qmp import QMPClient
+
+from ccloudvm.errors import CcloudvmError
+
+
+class QMPUnavailable(CcloudvmError):
+    """QEMU's monitor socket is missing or does not answer."""
+
+
+async def _execute(socket: Path, command: str, args: dict[str, Any] | None, timeout: float) -> Any:
+    client = QMPClient("ccloudvm")
+    try:
+        await asyncio.wait_for(client.connect(str(socket)), timeout)
+        return await asyncio.wait_for(client.execute(command, args), timeout)
+    finally:
+        await client.disconnect()
+
+
+def execute(
+    socket: Path, command: str, args: dict[str, Any] | None = None, timeout: float = 5.0
+) -> Any:
+    """Run one QMP command on the monitor at `socket` and return its result."""
+    try:
+        return asyncio.run(_execute(socket, command, args, timeout))
+    except (TimeoutError, OSError, ConnectionError) as exc:
+        raise QMPUnavailable(f"QEMU's monitor at {socket} did not answer: {exc}") from exc
+    except Exception as exc:  # qemu.qmp raises its own ConnectError/ExecuteError types
+        raise QMPUnavailable(f"QMP command {command} failed: {exc}") from exc
+
+
+def query_status(socket: Path) -> str:
+    """The guest's run state as QEMU reports it: running, paused, shutdown, ..."""
+    result = execute(socket, "query-status")
+    return str(result.get("status", "unknown"))
+
+
+def system_powerdown(socket: Path) -> None:
+    execute(socket, "system_powerdown")
+
+
+def quit(socket: Path) -> None:  # noqa: A001 - QMP's own name for it
+    # QEMU closes the socket as it exits; a lost answer to "quit" is success.
+    with contextlib.suppress(QMPUnavailable):
+        execute(socket, "quit")
