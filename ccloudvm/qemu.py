@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ccloudvm.accel import Acceleration
+from ccloudvm.seed import GUEST_MAC
 from ccloudvm.specs import MountSpec, PortSpec
 
 
@@ -67,7 +68,7 @@ def command_line(qemu: str, cfg: MachineConfig) -> list[str]:
         "-drive", f"file={escape(cfg.disk)},if=virtio,format=qcow2,discard=unmap",
         "-drive", f"file={escape(cfg.seed)},if=virtio,media=cdrom,readonly=on,format=raw",
         "-netdev", "user,id=net0," + ",".join(forwards),
-        "-device", "virtio-net-pci,netdev=net0",
+        "-device", f"virtio-net-pci,netdev=net0,mac={GUEST_MAC}",
         "-device", "virtio-rng-pci",
     ]  # fmt: skip
     for mount in cfg.mounts:

@@ -1,0 +1,407 @@
+"""The command line: thin click commands over the library.
+
+Every command catches CcloudvmError at the top (main) and prints one line: what went
+wrong and what to do next. --debug shows tracebacks and every host command run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from rich.table import Table
+
+from ccloudvm import __version__, instance, ui
+from ccloudvm.errors import CcloudvmError, UsageError
+from ccloudvm.instance_state import instance_names
+from ccloudvm.paths import StateDir
+from ccloudvm.specs import MountSpec, PortSpec
+
+_debug = False
+
+
+def _state() -> StateDir:
+    return StateDir.from_env()
+
+
+def _pick_instance(name: str | None) -> str:
+    """An explicit name, or the only instance there is."""
+    if name:
+        return name
+    names = instance_names(_state())
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise UsageError("there are no instances", hint="create one with 'ccloudvm create debian'")
+    raise UsageError("more than one instance exists; name one", hint="names: " + ", ".join(names))
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show host commands as they run and full tracebacks.")
+@click.version_option(__version__, prog_name="ccloudvm")
+def cli(debug: bool) -> None:
+    """ccloudvm: a development environment, or a whole cluster, inside one VM.
+
+    \b
+    Quick start:
+      ccloudvm setup              check (and install) what the host needs
+      ccloudvm create debian      build/download the image, boot a VM, provision it
+      ccloudvm run NAME -- CMD    run a command in it
+      ccloudvm connect NAME       open a shell in it
+
+    State lives in ~/.ccloudvm (or $CCLOUDVM_HOME). Acceleration is chosen
+    automatically (KVM when it really works, TCG otherwise); --accel or
+    $CCLOUDVM_ACCEL override it.
+    """
+    global _debug
+    _debug = debug
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING, format="%(name)s: %(message)s"
+    )
+    if not debug:
+        # paramiko logs every failed connection attempt while a guest boots; that is expected.
+        logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+
+
+# ---------------------------------------------------------------- lifecycle
+
+
+@cli.command()
+@click.argument("workload")
+@click.option("--name", help="Instance name (also the guest's hostname). Default: a random one.")
+@click.option(
+    "--mem",
+    type=int,
+    help="Memory in MiB. Default: the workload's, else half the host's (1-8 GiB).",
+)
+@click.option(
+    "--cpus", type=int, help="vCPUs. Default: the workload's, else half the host's (1-8)."
+)
+@click.option("--disk", type=int, help="Disk size in GiB. Default: the workload's, else 20.")
+@click.option(
+    "--mount",
+    "mounts",
+    multiple=True,
+    metavar="HOST:GUEST[:ro]",
+    help="Share a host folder over 9p (repeatable).",
+)
+@click.option(
+    "--port",
+    "ports",
+    multiple=True,
+    metavar="HOST:GUEST",
+    help="Forward a guest TCP port to the instance's loopback address (repeatable).",
+)
+@click.option(
+    "--drive",
+    "drives",
+    multiple=True,
+    metavar="PATH,format=F",
+    help="Attach an extra disk (repeatable).",
+)
+@click.option(
+    "--image", help="Use this image instead of the workload's (a definition or a saved image)."
+)
+@click.option(
+    "--accel",
+    type=click.Choice(["auto", "kvm", "tcg"]),
+    help="Accelerator (default auto; env CCLOUDVM_ACCEL).",
+)
+@click.option(
+    "--no-proxy-propagation",
+    is_flag=True,
+    help="Do not carry the host's proxy settings into the guest.",
+)
+@click.option(
+    "--ca-cert",
+    "ca_certs",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Install an extra CA certificate in the guest (repeatable).",
+)
+@click.option(
+    "--no-cache",
+    is_flag=True,
+    help="Provision afresh even if a saved build of this workload exists.",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=instance.BOOT_TIMEOUT,
+    show_default=True,
+    help="Seconds to wait for the guest to be ready.",
+)
+def create(workload: str, name: str | None, mem: int | None, cpus: int | None, disk: int | None,
+           mounts: tuple[str, ...], ports: tuple[str, ...], drives: tuple[str, ...], image: str | None,
+           accel: str | None, no_proxy_propagation: bool, ca_certs: tuple[Path, ...], no_cache: bool,
+           timeout: float) -> None:  # fmt: skip
+    """Create an instance of WORKLOAD, boot it and provision it.
+
+    WORKLOAD is a bundled name (see 'ccloudvm workloads'), a file in
+    ~/.ccloudvm/workloads, a path to a YAML file, or an http(s) URL.
+    """
+    from ccloudvm import accel as accel_mod
+    from ccloudvm import workflow
+
+    options = workflow.CreateOptions(
+        name=name, mem_mib=mem, cpus=cpus, disk_gib=disk,
+        ports=[PortSpec.parse(p) for p in ports],
+        mounts=[MountSpec.parse(m, i) for i, m in enumerate(mounts)],
+        drives=list(drives), image=image,
+        accel_mode=accel_mod.requested_mode(accel),
+        propagate_proxy=not no_proxy_propagation, ca_certs=list(ca_certs),
+        use_cache=not no_cache, timeout=timeout,
+    )  # fmt: skip
+    inst = workflow.create(_state(), workload, options)
+    ui.info(f"\nConnect with: ccloudvm connect {inst.name}   (or: ccloudvm run {inst.name} -- CMD)")
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--timeout", type=float, default=instance.BOOT_TIMEOUT, show_default=True)
+def start(name: str | None, timeout: float) -> None:
+    """Boot a stopped instance (also recovers one whose QEMU died)."""
+    instance.start(_state(), _pick_instance(name), timeout)
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option(
+    "--timeout",
+    type=float,
+    default=instance.STOP_TIMEOUT,
+    show_default=True,
+    help="Seconds to wait for the guest to power off before QEMU is quit.",
+)
+def stop(name: str | None, timeout: float) -> None:
+    """Shut an instance down cleanly (ACPI power-off, then quit QEMU if it hangs)."""
+    instance.stop(_state(), _pick_instance(name), timeout)
+
+
+@cli.command("quit")
+@click.argument("name", required=False)
+def quit_command(name: str | None) -> None:
+    """Stop an instance's QEMU at once (like pulling the plug)."""
+    instance.quit_instance(_state(), _pick_instance(name))
+
+
+@cli.command()
+@click.argument("name")
+def delete(name: str) -> None:
+    """Delete an instance: its QEMU, disk, keys and logs. Its image stays cached."""
+    instance.delete(_state(), name)
+
+
+@cli.command()
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def teardown(yes: bool) -> None:
+    """Delete every instance."""
+    state = _state()
+    names = instance_names(state)
+    if not names:
+        ui.info("no instances")
+        return
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UsageError(
+                f"teardown would delete {len(names)} instance(s): {', '.join(names)}",
+                hint="add --yes to confirm",
+            )
+        click.confirm(f"Delete {len(names)} instance(s): {', '.join(names)}?", abort=True)
+    for name in names:
+        instance.delete(state, name)
+
+
+@cli.command("instances")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def instances_command(as_json: bool) -> None:
+    """List instances with their state and how to reach them."""
+    state = _state()
+    rows = [instance.status(state, n) for n in instance_names(state)]
+    if as_json:
+        _print_json(rows)
+        return
+    if not rows:
+        ui.info("no instances (create one with 'ccloudvm create debian')")
+        return
+    table = Table(box=None)
+    for column in ("NAME", "STATE", "WORKLOAD", "IMAGE", "CPUS", "MEM", "SSH", "PORTS"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(r["name"], r["state"], r["workload"], r["image"], str(r["cpus"]),
+                      f"{r['mem_mib']} MiB", r["ssh"], ", ".join(r["ports"]))  # fmt: skip
+    ui.out.print(table)
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def status(name: str | None, as_json: bool) -> None:
+    """Show one instance's state (from QEMU itself) and settings."""
+    data = instance.status(_state(), _pick_instance(name))
+    if as_json:
+        _print_json(data)
+        return
+    for key, value in data.items():
+        if isinstance(value, list):
+            value = ", ".join(value) or "-"
+        ui.out.print(f"{key:10} {value if value is not None else '-'}")
+    if data["state"] == "crashed":
+        ui.warn(
+            f"QEMU is gone although nobody stopped it; 'ccloudvm start {data['name']}' boots it again"
+        )
+
+
+# ---------------------------------------------------------------- using an instance
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("name")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(name: str, command: tuple[str, ...]) -> None:
+    """Run COMMAND in the instance; its output and exit status become ours.
+
+    \b
+    Example: ccloudvm run dev -- uname -a
+    """
+    argv = list(command)
+    with instance.connect_target(_state(), name) as target:
+        code = target.run(argv, output=lambda line: click.echo(line))
+    sys.exit(code)
+
+
+@cli.command()
+@click.argument("name", required=False)
+def connect(name: str | None) -> NoReturn:
+    """Open an interactive shell in the instance (system ssh, host key pinned)."""
+    argv = instance.ssh_argv(_state(), _pick_instance(name))
+    os.execv(argv[0], argv)  # noqa: S606 - argv list built by us, no shell
+
+
+@cli.command("ssh-config")
+@click.argument("name", required=False)
+def ssh_config(name: str | None) -> None:
+    """Print an ssh_config stanza, so plain ssh, scp and editors can connect.
+
+    \b
+    Example: ccloudvm ssh-config dev >> ~/.ssh/config && ssh dev
+    """
+    click.echo(instance.ssh_config(_state(), _pick_instance(name)), nl=False)
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("source")
+@click.argument("dest")
+@click.option("-r", "--recursive", is_flag=True, help="Copy folders.")
+def copy(name: str, source: str, dest: str, recursive: bool) -> None:
+    """Copy files between the host and the instance; guest paths start with ':'.
+
+    \b
+    ccloudvm copy dev ./file :/tmp/          host -> guest
+    ccloudvm copy dev :/etc/os-release .     guest -> host
+    ccloudvm copy dev -r ./src :/home/me/src folders
+    """
+    from ccloudvm import transfer
+
+    with instance.connect_target(_state(), name) as target:
+        transfer.copy(target, source, dest, recursive=recursive)
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option(
+    "--cloud-init",
+    "cloud_init",
+    is_flag=True,
+    help="Show /var/log/cloud-init-output.log from the guest instead of the console.",
+)
+@click.option("-n", "--lines", type=int, default=0, help="Only the last N lines.")
+def logs(name: str | None, cloud_init: bool, lines: int) -> None:
+    """Show the serial console log (or cloud-init's output log from the guest)."""
+    state = _state()
+    name = _pick_instance(name)
+    if cloud_init:
+        with instance.connect_target(state, name) as target:
+            code, text = target.run_capture(["cat", "/var/log/cloud-init-output.log"], sudo=True)
+        if code != 0:
+            raise CcloudvmError(
+                f"could not read cloud-init-output.log in {name!r}: {text.strip()[-200:]}"
+            )
+    else:
+        from ccloudvm.instance_state import files_of, load_state
+
+        load_state(state, name)
+        path = files_of(state, name).serial
+        text = path.read_text(errors="replace") if path.exists() else ""
+    if lines:
+        text = "\n".join(text.splitlines()[-lines:]) + "\n"
+    click.echo(text, nl=False)
+
+
+# ---------------------------------------------------------------- host
+
+
+@cli.command()
+@click.option("--check", is_flag=True, help="Only report; install nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def setup(check: bool, as_json: bool) -> None:
+    """Check what the host needs (QEMU, qemu-img, ssh, mmdebstrap), install what is missing
+    with apt-get (as root, or with sudo), and report the acceleration this host offers."""
+    from ccloudvm import hostsetup
+
+    report = hostsetup.setup(_state(), install=not check)
+    if as_json:
+        _print_json(report)
+
+
+def _register_optional(module: str, attribute: str) -> None:
+    """Attach a command group from a module that may not be present in a partial install."""
+    import importlib
+
+    try:
+        group = getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError):
+        return
+    cli.add_command(group)
+
+
+def main(argv: list[str] | None = None) -> None:
+    for module, attribute in (
+        ("ccloudvm.cli_workloads", "commands"),
+        ("ccloudvm.cli_images", "commands"),
+        ("ccloudvm.cli_cluster", "commands"),
+    ):
+        _register_optional(module, attribute)
+    try:
+        cli.main(args=argv, prog_name="ccloudvm", standalone_mode=False)
+    except click.exceptions.Abort:
+        ui.console.print("aborted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except CcloudvmError as exc:
+        if _debug:
+            raise
+        _fail(exc.message, exc.hint, exc.exit_code)
+    except KeyboardInterrupt:
+        ui.console.print("interrupted")
+        sys.exit(130)
+
+
+def _fail(message: str, hint: str | None, code: int) -> NoReturn:
+    text = f"error: {message}" + (f" ({hint})" if hint else "")
+    ui.console.print(
+        text, markup=False, highlight=False, style="red" if sys.stderr.isatty() else None
+    )
+    sys.exit(code)

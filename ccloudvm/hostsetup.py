@@ -1,0 +1,75 @@
+"""`ccloudvm setup`: what the host needs, installing what is missing, and its acceleration."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any
+
+from ccloudvm import accel, ui
+from ccloudvm.errors import CcloudvmError
+from ccloudvm.paths import StateDir
+from ccloudvm.proc import PACKAGE_OF, run
+
+# Programs ccloudvm runs, and what each is for (shown in the report).
+NEEDED = {
+    "qemu-system-x86_64": "runs the VMs",
+    "qemu-img": "makes instance disks",
+    "ssh": "interactive sessions (ccloudvm connect)",
+    "mmdebstrap": "builds Debian images locally",
+    "mkfs.ext4": "builds Debian images locally",
+    "ip": "cluster networks",
+    "dnsmasq": "DHCP for cluster networks",
+}
+
+
+def missing_programs() -> list[str]:
+    return [name for name in NEEDED if shutil.which(name) is None]
+
+
+def _install(packages: list[str]) -> None:
+    if os.geteuid() == 0:
+        prefix: list[str] = []
+    elif shutil.which("sudo"):
+        prefix = ["sudo", "-n"]
+    else:
+        raise CcloudvmError(
+            "cannot install packages without root",
+            hint="run as root: apt-get install -y " + " ".join(packages),
+        )
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    with ui.step("Updating the package lists"):
+        run([*prefix, "apt-get", "update", "-q"], env=env, timeout=600)
+    with ui.step("Installing " + " ".join(packages)):
+        run([*prefix, "apt-get", "install", "-y", "-q", *packages], env=env, timeout=1800)
+
+
+def setup(state: StateDir, *, install: bool) -> dict[str, Any]:
+    state.ensure()
+    missing = missing_programs()
+    if missing and install:
+        if shutil.which("apt-get") is None:
+            raise CcloudvmError(
+                "missing: " + ", ".join(missing),
+                hint="install them with your distribution's package manager",
+            )
+        _install(sorted({PACKAGE_OF.get(m, m) for m in missing}))
+        missing = missing_programs()
+    for name, purpose in NEEDED.items():
+        mark = "missing" if name in missing else "ok"
+        ui.info(f"{name:20} {mark:8} {purpose}")
+    acc = accel.detect(mode=accel.requested_mode(None), run_dir=state.run)
+    ui.info(
+        f"acceleration: {acc.accel.upper()}"
+        + (" with nesting" if acc.nested else "")
+        + f" ({acc.reason})"
+    )
+    if not acc.is_kvm:
+        ui.warn("VMs will run under software emulation (TCG): expect boots of a minute or more")
+    return {
+        "missing": missing,
+        "accel": acc.accel,
+        "nested": acc.nested,
+        "reason": acc.reason,
+        "state_dir": str(state.root),
+    }

@@ -1,0 +1,128 @@
+"""The way of `ccloudvm create WORKLOAD`: resolve the workload, boot an instance of it,
+provision it. Each step is another module's job; this one only puts them in order."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ccloudvm import instance, proxy, ui
+from ccloudvm.errors import CcloudvmError
+from ccloudvm.hostinfo import host_user
+from ccloudvm.instance_state import (
+    files_of,
+    instance_names,
+    load_state,
+    random_name,
+    save_state,
+    validate_name,
+)
+from ccloudvm.paths import StateDir
+from ccloudvm.specs import MountSpec, PortSpec
+from ccloudvm.templating import TemplateContext
+from ccloudvm.workload import Workload, load_workload
+
+
+@dataclass
+class CreateOptions:
+    name: str | None = None
+    mem_mib: int | None = None
+    cpus: int | None = None
+    disk_gib: int | None = None
+    ports: list[PortSpec] = field(default_factory=list)
+    mounts: list[MountSpec] = field(default_factory=list)
+    drives: list[str] = field(default_factory=list)
+    image: str | None = None
+    accel_mode: str = "auto"
+    propagate_proxy: bool = True
+    ca_certs: list[Path] = field(default_factory=list)
+    use_cache: bool = True
+    timeout: float = instance.BOOT_TIMEOUT
+
+
+def resolve(state: StateDir, ref: str, name: str, *, propagate_proxy: bool = True,
+            ca_certs: list[Path] | None = None, mounts: list[MountSpec] | None = None) -> Workload:  # fmt: skip
+    """Load and render workload `ref` for an instance called `name`."""
+    guest_proxies = proxy.for_guest(proxy.read_host_proxies(os.environ), hostname=name)
+    ctx = TemplateContext(
+        host=host_user(), instance_name=name, proxies=guest_proxies, mounts=list(mounts or [])
+    )
+    return load_workload(state, ref, ctx, propagate_proxy=propagate_proxy, ca_certs=ca_certs or [])
+
+
+def _merge_mounts(workload: Workload, cli: list[MountSpec]) -> list[MountSpec]:
+    merged = {m.tag: m for m in workload.vm.mounts}
+    for index, mount in enumerate(cli):
+        tag = mount.tag
+        while tag in merged:  # CLI mounts are numbered; keep clear of the workload's tags
+            index += 100
+            tag = f"mount{index}"
+        merged[tag] = MountSpec(
+            mount.host_path, mount.guest_path, tag, mount.security_model, mount.readonly
+        )
+    return list(merged.values())
+
+
+def _merge_ports(workload: Workload, cli: list[PortSpec]) -> list[PortSpec]:
+    merged = {p.guest: p for p in workload.vm.ports}
+    for port in cli:
+        merged[port.guest] = port
+    return list(merged.values())
+
+
+def build_request(
+    state: StateDir, ref: str, options: CreateOptions
+) -> tuple[instance.CreateRequest, Workload]:
+    taken = set(instance_names(state))
+    name = validate_name(options.name) if options.name else random_name(taken)
+    workload = resolve(state, ref, name, propagate_proxy=options.propagate_proxy,
+                       ca_certs=options.ca_certs, mounts=options.mounts)  # fmt: skip
+    drives = [
+        f"{d.path},format={d.format}" + (f",{d.options}" if d.options else "")
+        for d in workload.vm.drives
+    ]
+    request = instance.CreateRequest(
+        workload=workload.name,
+        image=options.image or workload.image,
+        name=name,
+        mem_mib=options.mem_mib or workload.vm.mem_mib,
+        cpus=options.cpus or workload.vm.cpus,
+        disk_gib=options.disk_gib or workload.vm.disk_gib,
+        ports=_merge_ports(workload, options.ports),
+        mounts=_merge_mounts(workload, options.mounts),
+        drives=drives + options.drives,
+        accel_mode=options.accel_mode,
+        nested=workload.needs_nested_vm,
+        user_data=workload.user_data,
+        timeout=options.timeout,
+    )
+    return request, workload
+
+
+def create(state: StateDir, ref: str, options: CreateOptions) -> instance.InstanceState:
+    request, workload = build_request(state, ref, options)
+    inst = instance.create(state, request)
+    if workload.provision:
+        provision_instance(state, inst.name, workload)
+    return inst
+
+
+def provision_instance(state: StateDir, name: str, workload: Workload) -> None:
+    """Run the workload's provision steps in a running instance, in order."""
+    from ccloudvm import provision
+
+    files = files_of(state, name)
+    with instance.connect_target(state, name) as target:
+        try:
+            provision.run_steps(target, workload.provision)
+        except CcloudvmError as exc:
+            exc.hint = (
+                f"the instance stays for inspection: 'ccloudvm logs {name} --cloud-init', "
+                f"'ccloudvm connect {name}'; re-run with 'ccloudvm provision {name}'"
+            )
+            raise
+    inst = load_state(state, name)
+    inst.provisioned = True
+    save_state(files, inst)
+    ui.info(f"{name} is provisioned")
