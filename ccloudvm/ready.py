@@ -17,10 +17,11 @@ from ccloudvm import ui
 from ccloudvm.errors import CcloudvmError
 from ccloudvm.seed import READY_MARKER
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STAGE_PATTERNS = (
     re.compile(r"cloud-init\[\d+\]: Cloud-init v\. \S+ running '([^']+)'"),
-    re.compile(r"Starting (?:\x1b\[[0-9;]*m)?([^.\x1b]+?)(?:\x1b\[0m)?\.\.\."),
-    re.compile(r"Reached target (?:\x1b\[[0-9;]*m)?([^.\x1b]+)"),
+    re.compile(r"Starting (\S+?)(?: - .*)?\.\.\.\s*$"),
+    re.compile(r"Reached target (\S+)"),
     re.compile(r"^\[\s*[\d.]+\] (Run /init|EXT4-fs \(vda\): mounted)"),
 )
 
@@ -30,12 +31,12 @@ def log_tail(path: Path, lines: int = 15) -> str:
         text = path.read_text(errors="replace")
     except OSError:
         return "(no serial log)"
-    clean = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    clean = _ANSI.sub("", text)
     return "\n".join(clean.strip().splitlines()[-lines:])
 
 
 def current_stage(text: str) -> str | None:
-    for line in reversed(text.splitlines()[-40:]):
+    for line in reversed(_ANSI.sub("", text).splitlines()[-40:]):
         for pattern in _STAGE_PATTERNS:
             match = pattern.search(line)
             if match:

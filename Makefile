@@ -1,0 +1,66 @@
+# The commands the README names. Each works on a fresh Debian/Ubuntu machine:
+# `make setup` creates the Python environment and installs the host packages.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CCLOUDVM := $(VENV)/bin/ccloudvm
+# Host programs the tool and its tests use (Debian package names).
+HOST_PACKAGES := qemu-system-x86 qemu-utils openssh-client mmdebstrap e2fsprogs \
+	dnsmasq-base iproute2 iptables shellcheck busybox-static
+DEMO ?= demo
+
+.PHONY: setup host-packages venv demo test unit e2e lint bench clean
+
+setup: venv host-packages
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# Installs only what is missing; needs root (or passwordless sudo) when something is.
+host-packages:
+	@missing=$$(for p in $(HOST_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing host packages:" $$missing; \
+		sudo=; [ "$$(id -u)" = 0 ] || sudo="sudo -n"; \
+		$$sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q $$missing; \
+	fi
+
+# Set up, get an image, create a VM, run a command in it, list instances.
+demo: setup
+	$(CCLOUDVM) setup --check
+	@if $(CCLOUDVM) status $(DEMO) >/dev/null 2>&1; then \
+		$(CCLOUDVM) start $(DEMO); \
+	else \
+		$(CCLOUDVM) create debian --name $(DEMO); \
+	fi
+	$(CCLOUDVM) run $(DEMO) -- uname -a
+	$(CCLOUDVM) run $(DEMO) -- cat /etc/os-release
+	$(CCLOUDVM) instances
+	@echo "The demo instance keeps running: 'ccloudvm connect $(DEMO)' opens a shell, 'ccloudvm delete $(DEMO)' removes it."
+
+# Unit tests, lint, then end-to-end tests on real VMs (TCG where KVM does not work).
+test: setup
+	$(PY) -m pytest -q tests
+
+unit: venv
+	$(PY) -m pytest -q tests/unit
+
+e2e: setup
+	$(PY) -m pytest -q -m e2e tests
+
+lint: venv
+	$(VENV)/bin/ruff check ccloudvm tests bench
+	$(VENV)/bin/ruff format --check ccloudvm tests bench
+	$(VENV)/bin/mypy
+
+bench: setup
+	$(PY) bench/boot.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ccloudvm import accel
+from ccloudvm.errors import UsageError
+
+
+def _fake_root(
+    tmp_path: Path,
+    *,
+    kvm: bool = True,
+    flags: str = "fpu vmx sse",
+    pvm: bool = False,
+    nested: str | None = None,
+) -> Path:
+    (tmp_path / "dev").mkdir()
+    if kvm:
+        (tmp_path / "dev/kvm").write_text("")
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc/cpuinfo").write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    if pvm:
+        (tmp_path / "sys/module/kvm_pvm").mkdir(parents=True)
+    if nested is not None:
+        (tmp_path / "sys/module/kvm_intel/parameters").mkdir(parents=True)
+        (tmp_path / "sys/module/kvm_intel/parameters/nested").write_text(nested + "\n")
+    return tmp_path
+
+
+def test_no_dev_kvm_means_tcg(tmp_path: Path) -> None:
+    ok, reason = accel.kvm_precheck(_fake_root(tmp_path, kvm=False))
+    assert not ok and "/dev/kvm does not exist" in reason
+
+
+def test_paravirtual_kvm_is_refused(tmp_path: Path) -> None:
+    ok, reason = accel.kvm_precheck(_fake_root(tmp_path, pvm=True))
+    assert not ok and "kvm_pvm" in reason
+
+
+def test_cpu_without_vmx_or_svm_is_refused(tmp_path: Path) -> None:
+    ok, reason = accel.kvm_precheck(_fake_root(tmp_path, flags="fpu sse"))
+    assert not ok and "vmx/svm" in reason
+
+
+def test_hardware_kvm_passes_precheck_and_reports_nesting(tmp_path: Path) -> None:
+    root = _fake_root(tmp_path, nested="Y")
+    assert accel.kvm_precheck(root)[0]
+    assert accel.nested_supported(root)
+
+
+def test_auto_falls_back_to_tcg_with_reason(tmp_path: Path) -> None:
+    root = _fake_root(tmp_path, pvm=True)
+    choice = accel.detect(mode="auto", run_dir=tmp_path / "run", sys_root=root)
+    assert choice.accel == "tcg"
+    assert "kvm_pvm" in choice.reason
+    assert choice.qemu_args(nested_wanted=False)[:2] == ["-accel", "tcg,thread=multi"]
+
+
+def test_user_choices_win(tmp_path: Path) -> None:
+    root = _fake_root(tmp_path, pvm=True)
+    assert accel.detect(mode="tcg", run_dir=tmp_path, sys_root=root).accel == "tcg"
+    forced = accel.detect(mode="kvm", run_dir=tmp_path, sys_root=root)
+    assert forced.accel == "kvm"
+    assert forced.qemu_args(nested_wanted=True) == ["-accel", "kvm", "-cpu", "host"]
+
+
+def test_requested_mode_from_flag_env_and_default() -> None:
+    assert accel.requested_mode(None, {}) == "auto"
+    assert accel.requested_mode(None, {"CCLOUDVM_ACCEL": "TCG"}) == "tcg"
+    assert accel.requested_mode("kvm", {"CCLOUDVM_ACCEL": "tcg"}) == "kvm"
+    with pytest.raises(UsageError, match="unknown accelerator"):
+        accel.requested_mode(None, {"CCLOUDVM_ACCEL": "xen"})
+
+
+def test_this_host_probe_is_fast_and_decides() -> None:
+    # On this kind of machine /dev/kvm exists but is paravirtual: auto must say TCG
+    # without booting anything; elsewhere it must still give a clear answer.
+    ok, reason = accel.kvm_precheck()
+    assert isinstance(ok, bool) and reason

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from ccloudvm.accel import Acceleration
+from ccloudvm.qemu import DirectBoot, MachineConfig, command_line, escape
+from ccloudvm.specs import MountSpec, PortSpec
+
+
+def _config(**overrides: object) -> MachineConfig:
+    values: dict[str, object] = dict(
+        name="dev", accel=Acceleration("tcg", False, "test"), nested=False, mem_mib=2048, cpus=2,
+        disk=Path("/s/i/dev/disk.qcow2"), seed=Path("/s/i/dev/seed.iso"), host_ip="127.77.0.2",
+        ssh_port=10022, qmp_socket=Path("/s/i/dev/qmp.sock"), serial_log=Path("/s/i/dev/serial.log"),
+        pidfile=Path("/s/i/dev/qemu.pid"),
+    )  # fmt: skip
+    values.update(overrides)
+    return MachineConfig(**values)  # type: ignore[arg-type]
+
+
+def _option(argv: list[str], flag: str) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv) if a == flag]
+
+
+def test_ports_forward_on_the_instance_loopback_address_only() -> None:
+    argv = command_line("qemu", _config(ports=(PortSpec(8080, 80),)))
+    netdev = _option(argv, "-netdev")[0]
+    assert "hostfwd=tcp:127.77.0.2:10022-:22" in netdev
+    assert "hostfwd=tcp:127.77.0.2:8080-:80" in netdev
+    assert "0.0.0.0" not in netdev and "hostfwd=tcp::" not in netdev
+
+
+def test_sizes_accel_qmp_serial_and_daemonize() -> None:
+    argv = command_line("qemu", _config())
+    assert _option(argv, "-m") == ["2048"] and _option(argv, "-smp") == ["2"]
+    assert _option(argv, "-accel") == ["tcg,thread=multi"] and _option(argv, "-cpu") == ["max"]
+    assert _option(argv, "-qmp") == ["unix:/s/i/dev/qmp.sock,server=on,wait=off"]
+    assert _option(argv, "-serial") == ["file:/s/i/dev/serial.log"]
+    assert "-daemonize" in argv and "-nodefaults" in argv
+    assert "virtio-rng-pci" in _option(argv, "-device")
+
+
+def test_mounts_become_9p_devices_with_escaped_paths() -> None:
+    mount = MountSpec(Path("/home/me/a,b"), "/src", "mount0", "mapped-xattr", readonly=True)
+    argv = command_line("qemu", _config(mounts=(mount,)))
+    assert _option(argv, "-fsdev") == [
+        "local,id=mount0,path=/home/me/a,,b,security_model=mapped-xattr,readonly=on"
+    ]
+    assert "virtio-9p-pci,fsdev=mount0,mount_tag=mount0" in _option(argv, "-device")
+
+
+def test_direct_kernel_boot() -> None:
+    boot = DirectBoot(Path("/c/vmlinuz"), Path("/c/initrd.img"), "root=/dev/vda console=ttyS0")
+    argv = command_line("qemu", _config(boot=boot))
+    assert _option(argv, "-kernel") == ["/c/vmlinuz"]
+    assert _option(argv, "-initrd") == ["/c/initrd.img"]
+    assert _option(argv, "-append") == ["root=/dev/vda console=ttyS0"]
+
+
+def test_kvm_passes_the_host_cpu_through() -> None:
+    argv = command_line("qemu", _config(accel=Acceleration("kvm", True, "t"), nested=True))
+    assert _option(argv, "-accel") == ["kvm"] and _option(argv, "-cpu") == ["host"]
+
+
+def test_escape() -> None:
+    assert escape("a,b,,c") == "a,,b,,,,c"

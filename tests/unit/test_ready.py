@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from ccloudvm import ready
+from ccloudvm.seed import READY_MARKER
+
+
+def test_stage_is_read_from_the_console() -> None:
+    log = (
+        "[    1.0] Run /init as init process\n"
+        "         Starting \x1b[0;1;39mcloud-init-local.service\x1b[0m - Initial cloud-init job...\n"
+        "[   20.1] cloud-init[368]: Cloud-init v. 22.4.2 running 'modules:config' at Tue\n"
+    )
+    assert ready.current_stage(log) == "modules:config"
+    assert (
+        ready.current_stage(
+            "         Starting \x1b[0;1;39mssh.service\x1b[0m - OpenBSD Secure Shell server...\n"
+        )
+        == "ssh.service"
+    )
+
+
+def test_marker_ends_the_wait(tmp_path: Path) -> None:
+    log = tmp_path / "serial.log"
+    log.write_text(f"booting\n[ 30.4] cloud-init[421]: {READY_MARKER} 30.45\n")
+    stages: list[str] = []
+    ready.wait_for_marker(
+        log,
+        deadline=time.monotonic() + 5,
+        is_alive=lambda: True,
+        on_stage=stages.append,
+        name="dev",
+    )
+
+
+def test_dead_qemu_fails_with_the_console_tail(tmp_path: Path) -> None:
+    log = tmp_path / "serial.log"
+    log.write_text("Kernel panic - not syncing: VFS: Unable to mount root fs\n")
+    with pytest.raises(ready.BootFailed, match="exited while the guest was booting") as info:
+        ready.wait_for_marker(
+            log,
+            deadline=time.monotonic() + 5,
+            is_alive=lambda: False,
+            on_stage=lambda s: None,
+            name="dev",
+        )
+    assert "Kernel panic" in str(info.value)
+
+
+def test_timeout_names_the_instance_and_what_to_do(tmp_path: Path) -> None:
+    log = tmp_path / "serial.log"
+    log.write_text("still booting\n")
+    with pytest.raises(ready.BootFailed, match="was not ready in time") as info:
+        ready.wait_for_marker(
+            log,
+            deadline=time.monotonic() + 0.3,
+            is_alive=lambda: True,
+            on_stage=lambda s: None,
+            name="dev",
+        )
+    assert info.value.hint and "ccloudvm delete dev" in info.value.hint
+
+
+def test_cloud_init_errors_are_read_from_result_json() -> None:
+    assert ready.cloud_init_errors('{"v1": {"datasource": "x", "errors": ["boom"]}}') == ["boom"]
+    assert ready.cloud_init_errors('{"v1": {"errors": []}}') == []
+    assert ready.cloud_init_errors("garbage") == []
