@@ -131,7 +131,7 @@ class _Handler(BaseHTTPRequestHandler):
 def serve_directory(path: Path) -> Iterator[tuple[str, FileServer]]:
     """Serve `path` on a free port of 127.0.0.1; yields (base_url, server)."""
     server = FileServer(path)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield server.base_url, server

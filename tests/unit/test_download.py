@@ -177,7 +177,7 @@ def test_proxy_environment_is_honoured(
 ) -> None:
     base, server = served
     proxy = _ForwardingProxy()
-    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread = threading.Thread(target=proxy.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         host, port = proxy.server_address[:2]

@@ -1,0 +1,260 @@
+"""Build a bootable Debian disk locally from Debian's packages, with mmdebstrap.
+
+mmdebstrap installs the recipe's packages into a directory; the recipe's files are
+written into it; mkfs.ext4 -d turns the tree into a file system with no partition table
+(the guest boots with root=/dev/vda), and qemu-img compresses it to qcow2. The kernel
+and initrd are copied out for direct kernel boot, so no boot loader is needed. The
+initrd carries only the modules the recipe names, which keeps boot fast.
+
+Every program is started through ccloudvm.proc with an argv list; recipe values never
+reach a shell.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from ccloudvm import proc, ui
+from ccloudvm.errors import CcloudvmError
+
+# Part of every build recipe's cache key: bump it when the builder's output changes.
+RECIPE_FORMAT = 1
+
+_PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]*$")
+_SUITE = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
+_MODULE = re.compile(r"^[A-Za-z0-9_-]+$")
+_UNIT = re.compile(r"^[A-Za-z0-9@_.:-]+$")
+_MIRROR = re.compile(r"^(https?|file)://\S+$")
+
+MMDEBSTRAP_TIMEOUT = 3600.0
+SETUP_TREE = "setup"  # relative to the work directory: mmdebstrap's cwd
+ROOT_TREE = "root"
+
+
+@dataclass(frozen=True)
+class BuildRecipe:
+    suite: str
+    packages: tuple[str, ...]
+    mirror: str | None = None
+    initrd_modules: tuple[str, ...] = ()
+    size_gib: int = 4
+    files: Mapping[str, str] = field(default_factory=dict)  # absolute path -> content
+    services: tuple[str, ...] = ()  # systemd units to enable
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> BuildRecipe:
+        """Parse and check a recipe; ValueError names the offending key."""
+        allowed = {"suite", "mirror", "packages", "initrd_modules", "size_gib", "files", "services"}
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise ValueError(f"unknown key(s) {', '.join(unknown)}")
+        suite = data.get("suite")
+        if not isinstance(suite, str) or not _SUITE.match(suite):
+            raise ValueError("'suite' must be a Debian suite name like bookworm")
+        mirror = data.get("mirror")
+        if mirror is not None and (not isinstance(mirror, str) or not _MIRROR.match(mirror)):
+            raise ValueError("'mirror' must be an http(s):// or file:// URL")
+        size = data.get("size_gib", 4)
+        if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= 1024:
+            raise ValueError("'size_gib' must be a whole number from 1 to 1024")
+        files = data.get("files") or {}
+        if not isinstance(files, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in files.items()
+        ):
+            raise ValueError("'files' must map absolute paths to text")
+        for path in files:
+            _guest_path(path)
+        return cls(
+            suite=suite,
+            mirror=mirror,
+            packages=_names(data.get("packages"), "packages", _PACKAGE, required=True),
+            initrd_modules=_names(data.get("initrd_modules"), "initrd_modules", _MODULE),
+            size_gib=size,
+            files=dict(files),
+            services=_names(data.get("services"), "services", _UNIT),
+        )
+
+    def canonical(self) -> dict[str, Any]:
+        """Everything that decides the built image's content, in a stable form."""
+        return {
+            "suite": self.suite,
+            "mirror": self.mirror,
+            "packages": sorted(self.packages),
+            "initrd_modules": list(self.initrd_modules),
+            "size_gib": self.size_gib,
+            "files": dict(sorted(self.files.items())),
+            "services": sorted(self.services),
+        }
+
+
+def _names(
+    value: object, key: str, pattern: re.Pattern[str], required: bool = False
+) -> tuple[str, ...]:
+    if value is None and not required:
+        return ()
+    if not isinstance(value, list) or not value and required:
+        raise ValueError(
+            f"'{key}' must be a non-empty list" if required else f"'{key}' must be a list"
+        )
+    bad = [item for item in value if not isinstance(item, str) or not pattern.match(item)]
+    if bad:
+        raise ValueError(f"'{key}' has invalid entries: {', '.join(map(str, bad))}")
+    return tuple(value)
+
+
+def _guest_path(path: str) -> PurePosixPath:
+    pure = PurePosixPath(path)
+    if not pure.is_absolute() or ".." in pure.parts or len(pure.parts) < 2:
+        raise ValueError(f"'files' path {path!r} must be absolute, below /, without '..'")
+    return pure
+
+
+def build_image(recipe: BuildRecipe, out_dir: Path, *, name: str = "image") -> None:
+    """Build `recipe` into out_dir/{disk.qcow2, vmlinuz, initrd.img}.
+
+    The large intermediate files (the root tree, the raw disk) live in a work
+    directory inside `out_dir` that is removed at the end, whatever happens.
+    """
+    if os.geteuid() != 0:
+        raise CcloudvmError(
+            f"building image {name} locally needs root (mmdebstrap, file ownership)",
+            hint="local image builds need root (sudo) for now: run the command with sudo -E",
+        )
+    for tool in ("mmdebstrap", "mkfs.ext4", "qemu-img", "chroot"):
+        proc.require_tool(tool)
+    work = Path(tempfile.mkdtemp(prefix=".work-", dir=out_dir))
+    try:
+        root = work / ROOT_TREE
+        _write_setup_tree(recipe, work / SETUP_TREE)
+        with ui.step(f"Installing {recipe.suite} packages with mmdebstrap"):
+            proc.run(mmdebstrap_argv(recipe), cwd=work, timeout=MMDEBSTRAP_TIMEOUT)
+        with ui.step("Configuring the root file system"):
+            configure_root(recipe, root)
+            kernel, initrd = find_boot_files(root)
+            shutil.copyfile(kernel, out_dir / "vmlinuz")
+            shutil.copyfile(initrd, out_dir / "initrd.img")
+        raw = work / "disk.raw"
+        with ui.step(f"Creating a {recipe.size_gib} GiB ext4 file system"):
+            with raw.open("wb") as handle:
+                handle.truncate(recipe.size_gib << 30)  # sparse
+            proc.run(["mkfs.ext4", "-q", "-F", "-L", "rootfs", "-d", root, raw])
+        with ui.step("Compressing the disk to qcow2"):
+            proc.run(["qemu-img", "convert", "-c", "-O", "qcow2", raw, out_dir / "disk.qcow2"])
+    finally:
+        remove_tree(work)
+
+
+def mmdebstrap_argv(recipe: BuildRecipe) -> list[str]:
+    """The mmdebstrap command, run with the work directory as cwd (hook paths are relative)."""
+    argv = [
+        "mmdebstrap",
+        "--mode=root",
+        "--variant=apt",
+        "--include=" + ",".join(recipe.packages),
+        # Before any package is installed, so the kernel's initrd is built small at once.
+        f"--setup-hook=sync-in {SETUP_TREE} /",
+        recipe.suite,
+        ROOT_TREE,
+    ]
+    if recipe.mirror:
+        argv.append(recipe.mirror)
+    return argv
+
+
+def _write_setup_tree(recipe: BuildRecipe, tree: Path) -> None:
+    """Files that must be in place before the packages install (initramfs settings)."""
+    if not recipe.initrd_modules:
+        tree.mkdir(mode=0o755)
+        return
+    conf = tree / "etc/initramfs-tools/conf.d/ccloudvm.conf"
+    modules = tree / "usr/share/initramfs-tools/modules.d/ccloudvm"
+    for path, text in (
+        (conf, "MODULES=list\n"),
+        (modules, "\n".join(recipe.initrd_modules) + "\n"),
+    ):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        path.chmod(0o644)
+    for directory in [tree, *(p for p in tree.rglob("*") if p.is_dir())]:
+        directory.chmod(0o755)  # sync-in copies modes: the chroot's / must stay 0755
+
+
+def configure_root(recipe: BuildRecipe, root: Path) -> None:
+    """Finish the installed tree: fstab, the recipe's files, services, no shared host keys."""
+    write_guest_file(root, "/etc/fstab", "/dev/vda / ext4 defaults 0 1\n")
+    for path, text in recipe.files.items():
+        write_guest_file(root, path, text)
+    for unit in recipe.services:
+        proc.run(["chroot", root, "systemctl", "enable", unit])
+    # Each VM must get its own SSH host keys (cloud-init makes them on first boot).
+    for key in (root / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+    machine_id = root / "etc/machine-id"
+    if machine_id.exists():
+        machine_id.write_text("")  # empty: systemd makes a fresh one on first boot
+
+
+def write_guest_file(root: Path, path: str, text: str, mode: int = 0o644) -> None:
+    """Write `text` to `path` inside `root`, refusing paths that leave the tree."""
+    pure = _guest_path(path)
+    target = root.joinpath(*pure.parts[1:])
+    current = root
+    for part in pure.parts[1:-1]:
+        current = current / part
+        if current.is_symlink():
+            raise CcloudvmError(f"cannot write {path} in the image: {current} is a symlink")
+        current.mkdir(mode=0o755, exist_ok=True)
+    if target.is_symlink():
+        target.unlink()  # replace the link itself, never write through it
+    target.write_text(text)
+    target.chmod(mode)
+
+
+def find_boot_files(root: Path) -> tuple[Path, Path]:
+    """The newest kernel in /boot and its initrd."""
+    kernels = sorted((root / "boot").glob("vmlinuz-*"), key=lambda p: _version_key(p.name))
+    if not kernels:
+        raise CcloudvmError("the built image has no kernel in /boot", hint="add linux-image-amd64")
+    kernel = kernels[-1]
+    initrd = root / "boot" / ("initrd.img-" + kernel.name.removeprefix("vmlinuz-"))
+    if not initrd.is_file():
+        raise CcloudvmError(f"no initrd for {kernel.name}", hint="add initramfs-tools")
+    return kernel, initrd
+
+
+def _version_key(name: str) -> list[int]:
+    return [int(n) for n in re.findall(r"\d+", name)]
+
+
+def remove_tree(path: Path) -> None:
+    """rmtree, but never into a file system still mounted below `path` (chroot /proc, /dev)."""
+    if not path.exists():
+        return
+    prefix = str(path.resolve()) + "/"
+    mounted = [m for m in _mount_points() if m.startswith(prefix)]
+    if mounted:
+        raise CcloudvmError(
+            f"cannot remove {path}: {mounted[0]} is still mounted",
+            hint=f"unmount it (umount -R {mounted[0]}) and remove {path} by hand",
+        )
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _mount_points() -> list[str]:
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return []
+    # Field 5 is the mount point, with spaces and such escaped as octal.
+    return [_unescape(line.split()[4]) for line in lines if len(line.split()) > 4]
+
+
+def _unescape(text: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
