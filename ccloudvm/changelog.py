@@ -1,0 +1,188 @@
+"""The record-before-change journal: what a cluster changed on a machine, so it can be undone.
+
+One change per line, its kind first, written (and synced) BEFORE the change is made, so
+an undo from the journal is complete even after a crash half-way: an entry whose change
+never happened is simply skipped. The cluster shell scripts write the same format
+(templates/cluster/_common.sh.j2); this module is the Python side, used for the
+bare-metal namespace and as a fallback when a cleanup script cannot run.
+
+    netns NAME                    ip netns del NAME (after killing what runs in it)
+    link NAME                     ip link del NAME
+    sysctl KEY OLD                sysctl KEY=OLD
+    iptables -t T -A|-I CHAIN ... iptables -t T -D CHAIN ...
+    pidfile COMM PATH             kill the process in PATH if its name is COMM; rm PATH
+    file PATH / dir PATH          rm -f PATH / rm -rf PATH
+    exec ARGV...                  run ARGV (an undo command the script chose)
+    docker NAME                   docker rm -f NAME
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Collection, Sequence
+from pathlib import Path
+
+Runner = Callable[[Sequence[str]], tuple[int, str]]
+"""Runs argv as root on the machine the journal describes; returns (status, output)."""
+
+KINDS = ("netns", "link", "sysctl", "iptables", "pidfile", "file", "dir", "exec", "docker")
+_ARITY = {"netns": 1, "link": 1, "sysctl": 2, "pidfile": 2, "file": 1, "dir": 1, "docker": 1}
+
+
+class JournalError(ValueError):
+    """A journal line that cannot be undone as written."""
+
+
+def parse_line(line: str) -> list[str]:
+    """Split one journal line into words and check its kind and arity."""
+    words = line.split()
+    if not words:
+        raise JournalError("empty journal line")
+    kind = words[0]
+    if kind not in KINDS:
+        raise JournalError(f"unknown journal entry kind {kind!r}")
+    arity = _ARITY.get(kind)
+    if arity is not None and len(words) - 1 != arity:
+        raise JournalError(f"journal entry {line!r} needs {arity} argument(s)")
+    if kind in ("iptables", "exec") and len(words) < 2:
+        raise JournalError(f"journal entry {line!r} has no arguments")
+    return words
+
+
+class Journal:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def lines(self) -> list[str]:
+        if not self.path.is_file():
+            return []
+        return [line for line in self.path.read_text().splitlines() if line.strip()]
+
+    def __contains__(self, line: str) -> bool:
+        return " ".join(line.split()) in self.lines()
+
+    def record(self, *words: str) -> None:
+        """Append one change, once, and make it durable before the caller makes it."""
+        line = " ".join(words)
+        parse_line(line)
+        if line in self:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def undo(self, run: Runner, *, kinds: Collection[str] | None = None) -> list[str]:
+        """Undo entries newest first (only `kinds`, if given); return those that failed.
+
+        Entries undone are dropped from the journal; the file goes when it is empty.
+        """
+        kept: list[str] = []
+        failed: list[str] = []
+        for line in reversed(self.lines()):
+            words = line.split()
+            if kinds is not None and words[0] not in kinds:
+                kept.append(line)
+                continue
+            try:
+                _undo(parse_line(line), run)
+            except (JournalError, OSError) as exc:
+                failed.append(f"{line}: {exc}")
+                kept.append(line)
+        self._rewrite(list(reversed(kept)))
+        return failed
+
+    def _rewrite(self, lines: list[str]) -> None:
+        if not self.path.exists():
+            return
+        if lines:
+            self.path.write_text("".join(f"{line}\n" for line in lines))
+        else:
+            self.path.unlink()
+
+
+def _must(run: Runner, argv: Sequence[str]) -> str:
+    status, output = run(argv)
+    if status != 0:
+        tail = output.strip().splitlines()[-1:] or [f"exit status {status}"]
+        raise JournalError(f"{' '.join(argv)}: {tail[0]}")
+    return output
+
+
+def _swap_op(args: Sequence[str], op: str) -> list[str]:
+    return [op if word in ("-A", "-I") else word for word in args]
+
+
+def kill_netns_processes(run: Runner, name: str) -> None:
+    """Stop whatever still runs in network namespace `name`: TERM, then KILL."""
+    for signal in ("-TERM", "-KILL"):
+        status, output = run(["ip", "netns", "pids", name])
+        pids = output.split() if status == 0 else []
+        if not pids:
+            return
+        run(["kill", signal, *pids])
+        time.sleep(0.3)
+
+
+def _undo(words: list[str], run: Runner) -> None:
+    kind, args = words[0], words[1:]
+    if kind == "link":
+        if run(["ip", "link", "show", "dev", args[0]])[0] == 0:
+            _must(run, ["ip", "link", "del", args[0]])
+    elif kind == "netns":
+        if Path("/run/netns", args[0]).exists():
+            kill_netns_processes(run, args[0])
+            _must(run, ["ip", "netns", "del", args[0]])
+    elif kind == "sysctl":
+        _must(run, ["sysctl", "-q", "-w", f"{args[0]}={args[1]}"])
+    elif kind == "iptables":
+        if run(["iptables", "-w", *_swap_op(args, "-C")])[0] == 0:
+            _must(run, ["iptables", "-w", *_swap_op(args, "-D")])
+    elif kind == "pidfile":
+        _stop_pidfile(run, args[0], Path(args[1]))
+    elif kind == "file":
+        _must(run, ["rm", "-f", "--", args[0]])
+    elif kind == "dir":
+        if args[0] in ("/", ""):
+            raise JournalError(f"refusing to remove directory {args[0]!r}")
+        _must(run, ["rm", "-rf", "--", args[0]])
+    elif kind == "exec":
+        run(args)
+    elif kind == "docker" and run(["docker", "inspect", args[0]])[0] == 0:
+        _must(run, ["docker", "rm", "-f", args[0]])
+
+
+def _stop_pidfile(run: Runner, comm: str, path: Path) -> None:
+    pid = _read_pid(path)
+    if pid is not None and _comm(pid) == comm:
+        run(["kill", str(pid)])
+        for _ in range(25):
+            if _comm(pid) is None:
+                break
+            time.sleep(0.2)
+        else:
+            run(["kill", "-KILL", str(pid)])
+    _must(run, ["rm", "-f", "--", str(path)])
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _comm(pid: int) -> str | None:
+    """The name of running process `pid`; None if gone or a zombie waiting to be reaped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(") ")[2][:1]
+        name = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
+    return None if state == "Z" else name
