@@ -274,6 +274,10 @@ def run(name: str, command: tuple[str, ...]) -> None:
     Example: ccloudvm run dev -- uname -a
     """
     argv = list(command)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise UsageError("no command given", hint=f"for example: ccloudvm run {name} -- uname -a")
     with instance.connect_target(_state(), name) as target:
         code = target.run(argv, output=lambda line: click.echo(line))
     sys.exit(code)

@@ -95,7 +95,8 @@ def cloud_init_errors(result_json: str) -> list[str]:
     except ValueError:
         return []
     errors = data.get("v1", {}).get("errors", [])
-    return [str(e) for e in errors]
+    # Each entry is a (module, exception repr) pair; its first line is what a user needs.
+    return [str(e).replace("\\n", "\n").splitlines()[0][:160] for e in errors]
 
 
 def report_stage(status: ui.Status) -> Callable[[str], None]:

@@ -22,6 +22,9 @@ from rich.progress import (
 
 console = Console(stderr=True, highlight=False)
 out = Console(highlight=False)  # stdout: results a script may read (tables, JSON)
+if not out.is_terminal:
+    # A pipe has no width: never cut a table row (an SSH address, say) to 80 columns.
+    out = Console(highlight=False, width=400)
 
 
 def info(message: str) -> None:
