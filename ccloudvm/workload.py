@@ -477,6 +477,13 @@ class _Level:
     def vm(self) -> VMSpec:
         doc, vm = self.doc, self.doc.data.get("vm") or {}
         mem, disk = vm.get("mem"), vm.get("disk")
+        for key in ("mounts", "drives"):
+            if doc.src.remote and vm.get(key):
+                # A script from the internet must not get host folders or disks handed to it.
+                raise UsageError(
+                    f"{doc.where(('vm', key))}: a workload from a URL cannot share host {key}",
+                    hint="download it and run it as a local file, or add --mount yourself",
+                )
         ports = []
         for index, port in enumerate(vm.get("ports") or []):
             ports.append(PortSpec.parse(self.text(("vm", "ports", index), str(port))))
@@ -534,7 +541,7 @@ class _Level:
         src = self.doc.src
         if src.base_dir is None:
             raise UsageError(
-                f"{self.doc.where(path)}: a workload from a URL cannot copy files from this host"
+                f"{self.doc.where(path)}: a workload from a URL cannot read files from this host"
             )
         for folder in (src.base_dir, _bundled_dir()):
             candidate = (folder / Path(ref).expanduser()).resolve()

@@ -558,8 +558,20 @@ def test_url_workload_cannot_read_host_files(
         "copy.yaml",
         "image: x\nprovision: [{name: s, copy: {src: /etc/hostname, dest: /x}}]\n",
     )
-    with pytest.raises(UsageError, match="cannot copy files from this host"):
+    with pytest.raises(UsageError, match="cannot read files from this host"):
         load_workload(state, f"{url}/copy.yaml", ctx)
+
+
+def test_url_workload_cannot_mount_host_folders(
+    served: tuple[str, Path], state: StateDir, ctx: TemplateContext
+) -> None:
+    url, root = served
+    write(root, "m.yaml", "image: x\nvm:\n  mounts: [{host: '~', guest: /h}]\n")
+    with pytest.raises(UsageError, match="cannot share host mounts"):
+        load_workload(state, f"{url}/m.yaml", ctx)
+    # inheriting a bundled workload's mount is fine: that part is not from the URL
+    write(root, "g.yaml", "inherits: go\n")
+    assert load_workload(state, f"{url}/g.yaml", ctx).vm.mounts[0].tag == "hostgo"
 
 
 def test_url_that_cannot_be_fetched(
