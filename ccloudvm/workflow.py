@@ -71,6 +71,11 @@ def _merge_ports(workload: Workload, cli: list[PortSpec]) -> list[PortSpec]:
     return list(merged.values())
 
 
+def _first(flag: int | None, workload_value: int | None) -> int | None:
+    """A flag wins over the workload, even when it is 0 (which validation then refuses)."""
+    return flag if flag is not None else workload_value
+
+
 def build_request(
     state: StateDir, ref: str, options: CreateOptions
 ) -> tuple[instance.CreateRequest, Workload]:
@@ -86,9 +91,9 @@ def build_request(
         workload=workload.name,
         image=options.image or workload.image,
         name=name,
-        mem_mib=options.mem_mib or workload.vm.mem_mib,
-        cpus=options.cpus or workload.vm.cpus,
-        disk_gib=options.disk_gib or workload.vm.disk_gib,
+        mem_mib=_first(options.mem_mib, workload.vm.mem_mib),
+        cpus=_first(options.cpus, workload.vm.cpus),
+        disk_gib=_first(options.disk_gib, workload.vm.disk_gib),
         ports=_merge_ports(workload, options.ports),
         mounts=_merge_mounts(workload, options.mounts),
         drives=drives + options.drives,

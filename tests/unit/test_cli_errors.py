@@ -1,0 +1,119 @@
+"""Bad input: one clear line, the right exit status, no traceback, nothing left behind."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def ccloudvm(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603 - the tool under test, fixed argv
+        [sys.executable, "-m", "ccloudvm", *args],
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def _one_line_error(result: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:") or line.startswith("Error:")]
+    assert len(errors) == 1, result.stderr
+    for needle in needles:
+        assert needle in result.stderr, result.stderr
+
+
+def _no_instances() -> None:
+    home = Path(os.environ["CCLOUDVM_HOME"])
+    assert not list((home / "instances").glob("*")) if (home / "instances").exists() else True
+
+
+def test_unknown_workload() -> None:
+    _one_line_error(ccloudvm("create", "no-such-workload"), 2, "no-such-workload")
+    _no_instances()
+
+
+@pytest.mark.parametrize("name", ["Bad_Name", "-x", "a" * 70])
+def test_invalid_instance_name(name: str) -> None:
+    _one_line_error(ccloudvm("create", "debian", "--name", name), 2, "invalid instance name")
+    _no_instances()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "needle"),
+    [("--mem", "10", "--mem 10 MiB is out of range"), ("--mem", "99999999", "out of range"),
+     ("--cpus", "0", "--cpus 0 is out of range"), ("--cpus", "4096", "out of range"),
+     ("--disk", "0", "--disk 0 GiB is out of range")],
+)  # fmt: skip
+def test_sizes_out_of_range(flag: str, value: str, needle: str) -> None:
+    _one_line_error(ccloudvm("create", "debian", "--name", "x", flag, value), 2, needle)
+    _no_instances()
+
+
+def test_mount_source_missing(tmp_path: Path) -> None:
+    result = ccloudvm("create", "debian", "--name", "x", "--mount", f"{tmp_path}/nope:/src")
+    _one_line_error(result, 2, "does not exist")
+    _no_instances()
+
+
+@pytest.mark.parametrize("spec", ["abc", "1:2:3", "99999:80"])
+def test_bad_port_spec(spec: str) -> None:
+    _one_line_error(ccloudvm("create", "debian", "--name", "x", "--port", spec), 2, "port")
+
+
+def test_port_already_taken() -> None:
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))  # noqa: S104 - a wildcard listener blocks the port on every loopback address
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = ccloudvm("create", "debian", "--name", "x", "--port", f"{port}:80")
+    _one_line_error(result, 2, f"port {port}", "already in use")
+    _no_instances()
+
+
+def test_qemu_missing_says_how_to_install(tmp_path: Path) -> None:
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    result = ccloudvm("create", "debian", "--name", "x", env={"PATH": str(bare)})
+    _one_line_error(result, 1, "qemu-system-x86_64 is not installed", "apt-get install qemu-system-x86")
+    _no_instances()
+
+
+@pytest.mark.parametrize("command", [["status", "ghost"], ["start", "ghost"], ["stop", "ghost"], ["run", "ghost", "--", "true"], ["logs", "ghost"], ["ssh-config", "ghost"]])
+def test_commands_on_a_missing_instance(command: list[str]) -> None:
+    _one_line_error(ccloudvm(*command), 2, "no instance named 'ghost'")
+
+
+def test_delete_missing_instance() -> None:
+    _one_line_error(ccloudvm("delete", "ghost"), 2, "no instance named 'ghost'")
+
+
+def test_teardown_without_instances_is_quiet_and_successful() -> None:
+    result = ccloudvm("teardown")
+    assert result.returncode == 0 and "no instances" in result.stderr
+
+
+def test_instances_json_is_an_empty_list() -> None:
+    result = ccloudvm("instances", "--json")
+    assert result.returncode == 0 and result.stdout.strip() == "[]"
+
+
+def test_bad_accel_from_environment() -> None:
+    _one_line_error(ccloudvm("create", "debian", "--name", "x", env={"CCLOUDVM_ACCEL": "xen"}), 2, "unknown accelerator")
+
+
+def test_help_explains_every_command() -> None:
+    result = ccloudvm("--help")
+    assert result.returncode == 0
+    for command in ("create", "instances", "status", "run", "connect", "copy", "logs", "stop", "start", "quit", "delete", "teardown", "ssh-config", "setup"):
+        assert command in result.stdout
