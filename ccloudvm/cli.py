@@ -369,14 +369,15 @@ def setup(check: bool, as_json: bool) -> None:
 
 
 def _register_optional(module: str, attribute: str) -> None:
-    """Attach a command group from a module that may not be present in a partial install."""
+    """Attach the commands of a module that may not be present in a partial install."""
     import importlib
 
     try:
-        group = getattr(importlib.import_module(module), attribute)
+        commands = getattr(importlib.import_module(module), attribute)
     except (ImportError, AttributeError):
         return
-    cli.add_command(group)
+    for command in commands:
+        cli.add_command(command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -63,6 +63,8 @@ class CreateRequest:
     nested: bool = False
     user_data: dict[str, Any] = field(default_factory=dict)
     timeout: float = BOOT_TIMEOUT
+    workload_ref: str = ""
+    propagate_proxy: bool = True
 
 
 # ---------------------------------------------------------------- validation
@@ -311,6 +313,8 @@ def create(state: StateDir, req: CreateRequest) -> InstanceState:
                 ports=[str(p) for p in req.ports],
                 mounts=[InstanceState.mount_record(m) for m in mounts],
                 drives=list(req.drives),
+                workload_ref=req.workload_ref or req.workload,
+                propagate_proxy=req.propagate_proxy,
             )
             files.known_hosts.write_text(
                 known_hosts_line(inst.host_ip, inst.ssh_port, host_key.public_openssh) + "\n"

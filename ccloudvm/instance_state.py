@@ -108,6 +108,8 @@ class InstanceState:
     desired: str = "running"
     provisioned: bool = False
     accel_used: str = ""
+    workload_ref: str = ""  # what the user named: a bundled name, a path or a URL
+    propagate_proxy: bool = True
 
     def port_specs(self) -> list[PortSpec]:
         return [PortSpec.parse(p) for p in self.ports]

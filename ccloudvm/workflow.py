@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ccloudvm import instance, proxy, ui
-from ccloudvm.errors import CcloudvmError
+from ccloudvm.errors import CcloudvmError, UsageError
 from ccloudvm.hostinfo import host_user
 from ccloudvm.instance_state import (
     files_of,
@@ -101,6 +101,8 @@ def build_request(
         nested=workload.needs_nested_vm,
         user_data=workload.user_data,
         timeout=options.timeout,
+        workload_ref=ref,
+        propagate_proxy=options.propagate_proxy,
     )
     return request, workload
 
@@ -111,6 +113,26 @@ def create(state: StateDir, ref: str, options: CreateOptions) -> instance.Instan
     if workload.provision:
         provision_instance(state, inst.name, workload)
     return inst
+
+
+def workload_of(state: StateDir, name: str) -> Workload:
+    """The workload an existing instance was made from, rendered for it again."""
+    inst = load_state(state, name)
+    return resolve(state, inst.workload_ref or inst.workload, name,
+                   propagate_proxy=inst.propagate_proxy, mounts=inst.mount_specs())  # fmt: skip
+
+
+def verify(state: StateDir, name: str) -> tuple[int, int]:
+    """Run the workload's checks (its release criterion) in the instance."""
+    from ccloudvm import provision
+
+    workload = workload_of(state, name)
+    if not workload.checks:
+        raise UsageError(
+            f"workload {workload.name!r} has no checks", hint="add a 'checks:' list to it"
+        )
+    with instance.connect_target(state, name) as target:
+        return provision.run_checks(target, workload.checks)
 
 
 def provision_instance(state: StateDir, name: str, workload: Workload) -> None:

@@ -1,0 +1,66 @@
+"""Commands about workloads: list them, show one fully rendered, provision, verify."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ccloudvm import ui, workflow
+from ccloudvm.paths import StateDir
+from ccloudvm.workload import list_workloads, render_workload_yaml
+
+
+@click.command("workloads")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def workloads_command(as_json: bool) -> None:
+    """List the workloads 'ccloudvm create' knows by name, with a line about each."""
+    rows = list_workloads(StateDir.from_env())
+    if as_json:
+        import json
+
+        click.echo(
+            json.dumps([{"name": n, "description": d, "origin": o} for n, d, o in rows], indent=2)
+        )
+        return
+    width = max((len(n) for n, _, _ in rows), default=4)
+    for name, description, origin in rows:
+        ui.out.print(f"{name:{width}}  {description}  [dim]({origin})[/dim]", highlight=False)
+
+
+@click.group("workload")
+def workload_group() -> None:
+    """Inspect one workload."""
+
+
+@workload_group.command("show")
+@click.argument("workload")
+@click.option(
+    "--name",
+    default="example",
+    show_default=True,
+    help="Instance name to render the templates for.",
+)
+def show(workload: str, name: str) -> None:
+    """Print WORKLOAD fully merged (inheritance) and rendered (templates), as it would run."""
+    rendered = workflow.resolve(StateDir.from_env(), workload, name)
+    click.echo(render_workload_yaml(rendered), nl=False)
+
+
+@click.command("provision")
+@click.argument("name")
+def provision_command(name: str) -> None:
+    """Run the workload's provision steps in instance NAME again (they are idempotent)."""
+    state = StateDir.from_env()
+    workflow.provision_instance(state, name, workflow.workload_of(state, name))
+
+
+@click.command("verify")
+@click.argument("name")
+def verify_command(name: str) -> None:
+    """Run the workload's checks (its release criterion) in NAME; non-zero if any fails."""
+    _, failed = workflow.verify(StateDir.from_env(), name)
+    sys.exit(1 if failed else 0)
+
+
+commands = [workloads_command, workload_group, provision_command, verify_command]
