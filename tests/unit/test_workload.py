@@ -154,6 +154,8 @@ def test_ciao_workload_shape(state: StateDir, ctx: TemplateContext, host: HostUs
     packages = next(s for s in w.provision if "tools" in s.name).script or ""
     for package in ("gcc", "make", "qemu-system-x86", "xorriso", "dnsmasq", "ceph-common"):
         assert package in packages
+    assert set(w.cluster) == {"setup", "verify", "bat", "cleanup", "env"}
+    assert str(host.gopath) in w.cluster["setup"]
     identity = next(s for s in w.provision if "git identity" in s.name).script or ""
     assert "'Alice Example'" in identity and "alice@example.org" in identity
 
@@ -594,3 +596,15 @@ def test_show_prints_the_merged_rendered_workload(state: StateDir, ctx: Template
     assert data["provision"][0]["name"] == "Install Go"
     assert "apt-get install" in data["provision"][0]["run"]
     assert "run: |" in text  # scripts are shown as readable blocks
+
+
+def test_e2e_provision_workload_is_valid_and_cheap(state: StateDir, ctx: TemplateContext) -> None:
+    path = Path(__file__).resolve().parents[1] / "workloads" / "e2e-provision.yaml"
+    w = load_workload(state, str(path), ctx)
+    assert w.chain == ("debian", "e2e-provision")
+    assert [f["path"] for f in w.user_data["write_files"]] == [
+        "/var/lib/ccloudvm-e2e/cloud-config-marker"
+    ]
+    assert len(w.provision) == 2 and len(w.checks) == 1
+    assert dict(w.provision[1].env) == {"E2E_GREETING": "hello from vm1"}
+    assert not any("apt-get" in (s.script or "") for s in w.provision)
