@@ -109,10 +109,25 @@ def build_request(
 
 def create(state: StateDir, ref: str, options: CreateOptions) -> instance.InstanceState:
     request, workload = build_request(state, ref, options)
+    reused = _saved_build(state, ref, workload) if options.use_cache and not options.image else None
+    if reused is not None:
+        ui.info(f"using the saved build {reused} of {workload.name}: nothing to provision")
+        request.image = reused
     inst = instance.create(state, request)
-    if workload.provision:
+    if workload.provision and reused is None:
         provision_instance(state, inst.name, workload)
     return inst
+
+
+def _saved_build(state: StateDir, ref: str, workload: Workload) -> str | None:
+    """The saved image of an earlier `ccloudvm build` of this very workload, if any."""
+    if not workload.provision:
+        return None
+    from ccloudvm import builds
+
+    keyed = resolve(state, ref, builds.BUILD_INSTANCE_NAME)
+    image = builds.find_build(state, builds.build_key(state, keyed))
+    return image.name if image is not None else None
 
 
 def workload_of(state: StateDir, name: str) -> Workload:

@@ -1,0 +1,116 @@
+"""Commands about images: list, build from a recipe, save an instance, build a workload,
+remove and prune."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import click
+from rich.table import Table
+
+from ccloudvm import builds, images, ui
+from ccloudvm.paths import StateDir
+
+
+@click.command("images")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def images_command(as_json: bool) -> None:
+    """List cached images (built, downloaded, saved) and the definitions not fetched yet."""
+    state = StateDir.from_env()
+    used = builds.images_in_use(state)
+    rows = []
+    for image in images.cached_images(state):
+        meta = json.loads((image.directory / images.METADATA).read_text())
+        rows.append({
+            "name": image.name, "kind": image.kind, "key": image.key,
+            "size_mib": round(sum(p.stat().st_size for p in image.directory.iterdir() if p.is_file()) / 2**20),
+            "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(float(meta.get("created", 0)))),
+            "in_use": image.directory in used, "path": str(image.directory),
+        })  # fmt: skip
+    cached = {r["name"] for r in rows}
+    for definition in images.list_definitions(state):
+        if definition.name not in cached:
+            rows.append({"name": definition.name, "kind": f"not fetched ({definition.kind})", "key": definition.key,
+                         "size_mib": 0, "created": "", "in_use": False, "path": str(definition.path)})  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(box=None)
+    for column in ("NAME", "KIND", "SIZE", "CREATED", "IN USE", "KEY"):
+        table.add_column(column)
+    for r in rows:
+        size = f"{r['size_mib']} MiB" if r["size_mib"] else "-"
+        table.add_row(
+            r["name"], r["kind"], size, r["created"] or "-", "yes" if r["in_use"] else "", r["key"]
+        )
+    ui.out.print(table)
+
+
+@click.group("image")
+def image_group() -> None:
+    """Build, save and remove images."""
+
+
+@image_group.command("build")
+@click.argument("recipe")
+def image_build(recipe: str) -> None:
+    """Build (or download) image RECIPE into the cache; again only when its recipe changed."""
+    start = time.monotonic()
+    image = images.ensure_image(StateDir.from_env(), recipe)
+    ui.info(f"{image.name} is ready in {image.directory} ({time.monotonic() - start:.1f} s)")
+
+
+@image_group.command("save")
+@click.argument("instance")
+@click.argument("name")
+def image_save(instance: str, name: str) -> None:
+    """Save stopped INSTANCE as reusable image NAME (flattened, compressed, generalised).
+
+    'ccloudvm create WORKLOAD --image NAME' then starts from it.
+    """
+    builds.save_instance(StateDir.from_env(), instance, name)
+
+
+@image_group.command("rm")
+@click.argument("name")
+def image_rm(name: str) -> None:
+    """Remove cached image NAME (refused while an instance's disk is backed by it)."""
+    builds.remove(StateDir.from_env(), name)
+
+
+@image_group.command("prune")
+def image_prune() -> None:
+    """Remove images that no instance uses: stale base images and superseded builds."""
+    removed = builds.prune(StateDir.from_env())
+    ui.info("removed: " + ", ".join(removed) if removed else "nothing to prune")
+
+
+@click.command("build")
+@click.argument("workload")
+@click.option(
+    "--no-cache", is_flag=True, help="Provision and save again even if this build exists."
+)
+@click.option(
+    "--accel", type=click.Choice(["auto", "kvm", "tcg"]), help="Accelerator for the build VM."
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=900.0,
+    show_default=True,
+    help="Seconds to wait for the build VM to be ready.",
+)
+def build_command(workload: str, no_cache: bool, accel: str | None, timeout: float) -> None:
+    """Create WORKLOAD, provision it, and save it as an image that 'create' then reuses."""
+    from ccloudvm import accel as accel_mod
+    from ccloudvm.workflow import CreateOptions
+
+    options = CreateOptions(
+        accel_mode=accel_mod.requested_mode(accel), use_cache=not no_cache, timeout=timeout
+    )
+    image = builds.build(StateDir.from_env(), workload, options)
+    ui.info(f"'ccloudvm create {workload}' now starts from image {image.name}")
+
+
+commands = [images_command, image_group, build_command]
