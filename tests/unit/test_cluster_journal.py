@@ -1,0 +1,118 @@
+"""The Python side of the record-before-change journal (ccloudvm.changelog)."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from ccloudvm.changelog import Journal, JournalError, parse_line
+
+
+class FakeHost:
+    """Answers `ip link show` and `iptables -C` from a set of existing things; logs argv."""
+
+    def __init__(self, existing: set[str] | None = None, failing: set[str] | None = None) -> None:
+        self.existing = existing or set()
+        self.failing = failing or set()
+        self.calls: list[list[str]] = []
+
+    def __call__(self, argv: Sequence[str]) -> tuple[int, str]:
+        argv = list(argv)
+        self.calls.append(argv)
+        joined = " ".join(argv)
+        if any(joined.startswith(f) for f in self.failing):
+            return 1, "Operation not permitted"
+        if argv[:3] == ["ip", "link", "show"]:
+            return (0, "") if argv[-1] in self.existing else (1, "does not exist")
+        if argv[:2] == ["iptables", "-w"] and "-C" in argv:
+            return (0, "") if "rule" in self.existing else (1, "")
+        return 0, ""
+
+
+def test_record_appends_once_and_checks_the_format(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "sub" / "journal")
+    journal.record("link", "ciao_br")
+    journal.record("link", "ciao_br")
+    journal.record("sysctl", "net.ipv4.ip_forward", "0")
+    assert journal.lines() == ["link ciao_br", "sysctl net.ipv4.ip_forward 0"]
+    assert "link ciao_br" in journal
+    with pytest.raises(JournalError, match="unknown journal entry kind"):
+        journal.record("route", "x")
+    with pytest.raises(JournalError, match="needs 2 argument"):
+        journal.record("sysctl", "only-key")
+    with pytest.raises(JournalError, match="empty"):
+        parse_line("   ")
+
+
+def test_undo_goes_newest_first_and_skips_what_never_happened(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal")
+    for words in (
+        ("link", "ciao_br"),
+        ("link", "ciaovlan"),
+        ("sysctl", "net.ipv4.ip_forward", "0"),
+        ("iptables", "-t", "filter", "-I", "FORWARD", "-i", "ciao_br", "-j", "ACCEPT"),
+    ):
+        journal.record(*words)
+    host = FakeHost(existing={"ciao_br", "rule"})  # ciaovlan was never made: a crash
+    assert journal.undo(host) == []
+    assert host.calls == [
+        ["iptables", "-w", "-t", "filter", "-C", "FORWARD", "-i", "ciao_br", "-j", "ACCEPT"],
+        ["iptables", "-w", "-t", "filter", "-D", "FORWARD", "-i", "ciao_br", "-j", "ACCEPT"],
+        ["sysctl", "-q", "-w", "net.ipv4.ip_forward=0"],
+        ["ip", "link", "show", "dev", "ciaovlan"],
+        ["ip", "link", "show", "dev", "ciao_br"],
+        ["ip", "link", "del", "ciao_br"],
+    ]
+    assert not journal.exists()
+
+
+def test_undo_keeps_failures_and_other_kinds(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal")
+    journal.record("link", "ciao_br")
+    journal.record("file", str(tmp_path / "f"))
+    journal.record("dir", str(tmp_path / "d"))
+    host = FakeHost(existing={"ciao_br"}, failing={"rm -rf"})
+    failed = journal.undo(host, kinds=("file", "dir"))
+    assert len(failed) == 1 and failed[0].startswith(f"dir {tmp_path}/d: rm -rf")
+    assert journal.lines() == ["link ciao_br", f"dir {tmp_path / 'd'}"]
+    assert ["ip", "link", "del", "ciao_br"] not in host.calls
+
+
+def test_undo_refuses_to_remove_the_root(tmp_path: Path) -> None:
+    path = tmp_path / "journal"
+    path.write_text("dir /\n")
+    failed = Journal(path).undo(FakeHost())
+    assert failed and "refusing" in failed[0]
+    assert path.read_text() == "dir /\n"
+
+
+def _real(argv: Sequence[str]) -> tuple[int, str]:
+    done = subprocess.run(list(argv), capture_output=True, text=True, check=False)  # noqa: S603
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_pidfile_stops_the_named_process_only(tmp_path: Path) -> None:
+    sleeper = subprocess.Popen(["sleep", "60"])  # noqa: S603
+    other = subprocess.Popen(["sleep", "60"])  # noqa: S603
+    try:
+        mine, wrong = tmp_path / "sleep.pid", tmp_path / "wrong.pid"
+        mine.write_text(f"{sleeper.pid}\n")
+        wrong.write_text(f"{other.pid}\n")
+        journal = Journal(tmp_path / "journal")
+        journal.record("pidfile", "sleep", str(mine))
+        journal.record("pidfile", "dnsmasq", str(wrong))  # the pid was reused by another program
+        assert journal.undo(_real) == []
+        deadline = time.monotonic() + 5
+        while sleeper.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sleeper.poll() is not None
+        assert other.poll() is None
+        assert not mine.exists() and not wrong.exists()
+    finally:
+        for proc in (sleeper, other):
+            proc.kill()
+            proc.wait()
