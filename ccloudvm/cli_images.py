@@ -19,7 +19,7 @@ def images_command(as_json: bool) -> None:
     """List cached images (built, downloaded, saved) and the definitions not fetched yet."""
     state = StateDir.from_env()
     used = builds.images_in_use(state)
-    rows = []
+    rows: list[dict[str, object]] = []
     for image in images.cached_images(state):
         meta = json.loads((image.directory / images.METADATA).read_text())
         rows.append({
@@ -42,7 +42,12 @@ def images_command(as_json: bool) -> None:
     for r in rows:
         size = f"{r['size_mib']} MiB" if r["size_mib"] else "-"
         table.add_row(
-            r["name"], r["kind"], size, r["created"] or "-", "yes" if r["in_use"] else "", r["key"]
+            str(r["name"]),
+            str(r["kind"]),
+            size,
+            str(r["created"] or "-"),
+            "yes" if r["in_use"] else "",
+            str(r["key"]),
         )
     ui.out.print(table)
 

@@ -11,6 +11,7 @@ from ccloudvm import instance, proxy, ui
 from ccloudvm.errors import CcloudvmError, UsageError
 from ccloudvm.hostinfo import host_user
 from ccloudvm.instance_state import (
+    InstanceState,
     files_of,
     instance_names,
     load_state,
@@ -107,7 +108,7 @@ def build_request(
     return request, workload
 
 
-def create(state: StateDir, ref: str, options: CreateOptions) -> instance.InstanceState:
+def create(state: StateDir, ref: str, options: CreateOptions) -> InstanceState:
     request, workload = build_request(state, ref, options)
     reused = _saved_build(state, ref, workload) if options.use_cache and not options.image else None
     if reused is not None:

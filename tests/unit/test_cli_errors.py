@@ -85,11 +85,23 @@ def test_qemu_missing_says_how_to_install(tmp_path: Path) -> None:
     bare = tmp_path / "bin"
     bare.mkdir()
     result = ccloudvm("create", "debian", "--name", "x", env={"PATH": str(bare)})
-    _one_line_error(result, 1, "qemu-system-x86_64 is not installed", "apt-get install qemu-system-x86")
+    _one_line_error(
+        result, 1, "qemu-system-x86_64 is not installed", "apt-get install qemu-system-x86"
+    )
     _no_instances()
 
 
-@pytest.mark.parametrize("command", [["status", "ghost"], ["start", "ghost"], ["stop", "ghost"], ["run", "ghost", "--", "true"], ["logs", "ghost"], ["ssh-config", "ghost"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["status", "ghost"],
+        ["start", "ghost"],
+        ["stop", "ghost"],
+        ["run", "ghost", "--", "true"],
+        ["logs", "ghost"],
+        ["ssh-config", "ghost"],
+    ],
+)
 def test_commands_on_a_missing_instance(command: list[str]) -> None:
     _one_line_error(ccloudvm(*command), 2, "no instance named 'ghost'")
 
@@ -109,11 +121,30 @@ def test_instances_json_is_an_empty_list() -> None:
 
 
 def test_bad_accel_from_environment() -> None:
-    _one_line_error(ccloudvm("create", "debian", "--name", "x", env={"CCLOUDVM_ACCEL": "xen"}), 2, "unknown accelerator")
+    _one_line_error(
+        ccloudvm("create", "debian", "--name", "x", env={"CCLOUDVM_ACCEL": "xen"}),
+        2,
+        "unknown accelerator",
+    )
 
 
 def test_help_explains_every_command() -> None:
     result = ccloudvm("--help")
     assert result.returncode == 0
-    for command in ("create", "instances", "status", "run", "connect", "copy", "logs", "stop", "start", "quit", "delete", "teardown", "ssh-config", "setup"):
+    for command in (
+        "create",
+        "instances",
+        "status",
+        "run",
+        "connect",
+        "copy",
+        "logs",
+        "stop",
+        "start",
+        "quit",
+        "delete",
+        "teardown",
+        "ssh-config",
+        "setup",
+    ):
         assert command in result.stdout
