@@ -53,6 +53,11 @@ def resolve(state: StateDir, ref: str, name: str, *, propagate_proxy: bool = Tru
 
 
 def _merge_mounts(workload: Workload, cli: list[MountSpec]) -> list[MountSpec]:
+    for mount in workload.vm.mounts:
+        if not mount.host_path.exists():
+            # A workload's folder (the GOPATH, say) may simply not exist yet on this host.
+            mount.host_path.mkdir(parents=True)
+            ui.info(f"created {mount.host_path} to share it with the guest as {mount.guest_path}")
     merged = {m.tag: m for m in workload.vm.mounts}
     for index, mount in enumerate(cli):
         tag = mount.tag
