@@ -28,6 +28,7 @@ class SeenRequest:
 @dataclass
 class _Behaviour:
     cut_after: int | None = None  # applies once, to the next GET with a body
+    cut_path: str | None = None  # ... whose path ends with this, if set
     ignore_range: bool = False  # answer 200 with the whole file even to a Range request
     seen: list[SeenRequest] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -46,10 +47,12 @@ class FileServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         return f"http://{host!s}:{port}"
 
-    def cut_next_response(self, after_bytes: int) -> None:
-        """Close the connection of the next GET after sending `after_bytes` body bytes."""
+    def cut_next_response(self, after_bytes: int, path_suffix: str | None = None) -> None:
+        """Close the connection of the next GET (of a path ending in `path_suffix`, if
+        given) after sending `after_bytes` body bytes."""
         with self.behaviour.lock:
             self.behaviour.cut_after = after_bytes
+            self.behaviour.cut_path = path_suffix
 
     def ignore_ranges(self, value: bool = True) -> None:
         self.behaviour.ignore_range = value
@@ -59,8 +62,11 @@ class FileServer(ThreadingHTTPServer):
         with self.behaviour.lock:
             return list(self.behaviour.seen)
 
-    def _take_cut(self) -> int | None:
+    def _take_cut(self, path: str) -> int | None:
         with self.behaviour.lock:
+            wanted = self.behaviour.cut_path
+            if wanted is not None and not path.endswith(wanted):
+                return None
             cut, self.behaviour.cut_after = self.behaviour.cut_after, None
             return cut
 
@@ -113,7 +119,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if not send_body:
             return
-        cut = self.server._take_cut()
+        cut = self.server._take_cut(self.path)
         if cut is not None and cut < len(body):
             self.wfile.write(body[:cut])
             self.wfile.flush()
