@@ -122,7 +122,8 @@ def build_user_data(cfg: SeedConfig) -> dict[str, Any]:
         "disable_root": True,
         "ssh_pwauth": False,
         "ssh_deletekeys": True,
-        "ssh_genkeytypes": [],
+        # With ssh_keys given, cloud-init generates no host keys at all. (An empty
+        # ssh_genkeytypes would say the same but fails 22.4's schema: minItems 1.)
         "ssh_keys": _ssh_keys(cfg.host_key),
         "bootcmd": _user_bootcmd(cfg),
         "users": [

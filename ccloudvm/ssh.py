@@ -12,13 +12,16 @@ sees each argument as one quoted word and nothing in it is expanded.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
+import os
 import posixpath
 import re
 import shlex
 import socket
 import stat
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -28,7 +31,6 @@ from typing import IO
 import paramiko
 
 from ccloudvm.errors import CcloudvmError, UsageError
-from ccloudvm.keys import write_atomic
 from ccloudvm.target import OutputSink
 
 KEEPALIVE_SECONDS = 15
@@ -292,8 +294,13 @@ class SSHTarget:
             if not channel.status_event.wait(remaining):
                 raise CcloudvmError(f"command on {self.name} gave no exit status: {command}")
             status = channel.recv_exit_status()
-            # -1: no status (killed by a signal); report it like ssh(1) does.
-            return 255 if status < 0 else status
+            if status < 0:
+                transport = channel.get_transport()
+                if not transport.is_active():
+                    raise self._lost(EOFError("connection closed during the command"))
+                # No status but the connection is fine: killed by a signal. ssh(1) says 255.
+                return 255
+            return status
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise self._lost(exc) from exc
         finally:
@@ -368,16 +375,33 @@ class SSHTarget:
         self._write(io.BytesIO(text.encode("utf-8")), remote, mode)
 
     def get_file(self, remote: str, local: Path) -> None:
+        """Copy a guest file to `local` (same mode), streamed into a temporary file and
+        renamed, so an interrupted copy never leaves a half file under the real name."""
         sftp = self._sftp_client()
         try:
             attrs = sftp.stat(_sftp_path(remote))
-            with sftp.open(_sftp_path(remote), "rb") as handle:
-                handle.prefetch()
-                data = handle.read()
+            handle = sftp.open(_sftp_path(remote), "rb")
         except OSError as exc:
             raise self._file_error(exc, "read", remote) from exc
         mode = stat.S_IMODE(attrs.st_mode) if attrs.st_mode is not None else 0o644
-        write_atomic(local, data, mode)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{local.name}.", suffix=".tmp", dir=local.parent)
+        except OSError as exc:
+            handle.close()
+            raise CcloudvmError(f"cannot write {local}: {exc.strerror}") from exc
+        try:
+            with handle, os.fdopen(fd, "wb") as out:
+                os.fchmod(out.fileno(), mode)
+                handle.prefetch(attrs.st_size)
+                while chunk := handle.read(_CHUNK):
+                    out.write(chunk)
+            os.replace(tmp, local)
+        except BaseException as exc:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            if isinstance(exc, OSError):
+                raise self._file_error(exc, "read", remote) from exc
+            raise
 
     def is_dir(self, remote: str) -> bool:
         try:

@@ -462,6 +462,19 @@ def test_lost_connection_is_reported(env: Env) -> None:
         target.close()
 
 
+def test_connection_lost_during_a_command(env: Env) -> None:
+    target = env.target()
+    target.connect()
+    try:
+        timer = threading.Timer(0.3, env.server.drop_connections)
+        timer.start()
+        with pytest.raises(CcloudvmError, match="lost the SSH connection to vm1"):
+            target.run(["sleep", "5"], timeout=4)
+        timer.join()
+    finally:
+        target.close()
+
+
 # -- files ------------------------------------------------------------------------------
 
 
@@ -493,6 +506,9 @@ def test_missing_remote_file_is_a_clear_error(target: SSHTarget, env: Env) -> No
     with pytest.raises(CcloudvmError, match="cannot read /nonexistent/x on vm1: no such file"):
         target.get_file("/nonexistent/x", env.work / "x")
     assert not (env.work / "x").exists()
+    (env.home / "f").write_text("f")
+    with pytest.raises(CcloudvmError, match="cannot write .*/no/such/dir/f"):
+        target.get_file("f", env.work / "no" / "such" / "dir" / "f")
     with pytest.raises(CcloudvmError, match="cannot write"):
         target.put_text("x", "/nonexistent/dir/file")
 
