@@ -10,6 +10,7 @@ bare-metal namespace and as a fallback when a cleanup script cannot run.
     link NAME                     ip link del NAME
     sysctl KEY OLD                sysctl KEY=OLD
     iptables -t T -A|-I CHAIN ... iptables -t T -D CHAIN ...
+    iptables-table T              nft delete table ip T, if iptables-nft made it and it is empty
     pidfile COMM PATH             kill the process in PATH if its name is COMM; rm PATH
     file PATH / dir PATH          rm -f PATH / rm -rf PATH
     exec ARGV...                  run ARGV (an undo command the script chose)
@@ -19,6 +20,7 @@ bare-metal namespace and as a fallback when a cleanup script cannot run.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
@@ -26,8 +28,28 @@ from pathlib import Path
 Runner = Callable[[Sequence[str]], tuple[int, str]]
 """Runs argv as root on the machine the journal describes; returns (status, output)."""
 
-KINDS = ("netns", "link", "sysctl", "iptables", "pidfile", "file", "dir", "exec", "docker")
-_ARITY = {"netns": 1, "link": 1, "sysctl": 2, "pidfile": 2, "file": 1, "dir": 1, "docker": 1}
+KINDS = (
+    "netns",
+    "link",
+    "sysctl",
+    "iptables",
+    "iptables-table",
+    "pidfile",
+    "file",
+    "dir",
+    "exec",
+    "docker",
+)
+_ARITY = {
+    "iptables-table": 1,
+    "netns": 1,
+    "link": 1,
+    "sysctl": 2,
+    "pidfile": 2,
+    "file": 1,
+    "dir": 1,
+    "docker": 1,
+}
 
 
 class JournalError(ValueError):
@@ -143,6 +165,8 @@ def _undo(words: list[str], run: Runner) -> None:
     elif kind == "iptables":
         if run(["iptables", "-w", *_swap_op(args, "-C")])[0] == 0:
             _must(run, ["iptables", "-w", *_swap_op(args, "-D")])
+    elif kind == "iptables-table":
+        _drop_empty_table(run, args[0])
     elif kind == "pidfile":
         _stop_pidfile(run, args[0], Path(args[1]))
     elif kind == "file":
@@ -155,6 +179,18 @@ def _undo(words: list[str], run: Runner) -> None:
         run(args)
     elif kind == "docker" and run(["docker", "inspect", args[0]])[0] == 0:
         _must(run, ["docker", "rm", "-f", args[0]])
+
+
+def _drop_empty_table(run: Runner, table: str) -> None:
+    status, version = run(["iptables", "-V"])
+    if status != 0 or "nf_tables" not in version:
+        return  # legacy iptables: tables are the kernel's, nothing was made
+    if run(["nft", "list", "table", "ip", table])[0] != 0:
+        return
+    status, rules = run(["iptables", "-w", "-t", table, "-S"])
+    lines = rules.split("\n") if status == 0 else ["unknown"]
+    if all(re.fullmatch(r"-P [A-Z]+ ACCEPT", line) for line in lines if line.strip()):
+        _must(run, ["nft", "delete", "table", "ip", table])
 
 
 def _stop_pidfile(run: Runner, comm: str, path: Path) -> None:

@@ -116,3 +116,35 @@ def test_pidfile_stops_the_named_process_only(tmp_path: Path) -> None:
         for proc in (sleeper, other):
             proc.kill()
             proc.wait()
+
+
+class NftHost(FakeHost):
+    def __init__(self, rules: str) -> None:
+        super().__init__()
+        self.rules = rules
+
+    def __call__(self, argv: Sequence[str]) -> tuple[int, str]:
+        self.calls.append(list(argv))
+        if list(argv) == ["iptables", "-V"]:
+            return 0, "iptables v1.8.9 (nf_tables)"
+        if list(argv[:3]) == ["iptables", "-w", "-t"]:
+            return 0, self.rules
+        return 0, ""
+
+
+@pytest.mark.parametrize(
+    ("rules", "dropped"),
+    [
+        ("-P INPUT ACCEPT\n-P FORWARD ACCEPT\n-P OUTPUT ACCEPT\n", True),
+        ("-P INPUT ACCEPT\n-A INPUT -p tcp -j ACCEPT\n", False),  # someone else's rule now
+        ("-P INPUT DROP\n", False),
+    ],
+)
+def test_a_table_iptables_made_goes_only_when_empty(
+    tmp_path: Path, rules: str, dropped: bool
+) -> None:
+    journal = Journal(tmp_path / "journal")
+    journal.record("iptables-table", "filter")
+    host = NftHost(rules)
+    assert journal.undo(host) == []
+    assert (["nft", "delete", "table", "ip", "filter"] in host.calls) is dropped
