@@ -256,3 +256,24 @@ def test_ciao_names_and_addresses() -> None:
     cleanup = render("cluster/ciao/cleanup.sh.j2")
     assert cleanup.index("nothing to clean up") < cleanup.index("ciao delete instance --all")
     assert cleanup.index("ciao delete instance --all") < cleanup.index("undo_journal ||")
+
+
+@pytest.mark.parametrize("ref", [str(WORKLOAD), "ciao"])
+def test_workloads_render_their_cluster_through_workload_py(ref: str, tmp_path: Path) -> None:
+    from ccloudvm.hostinfo import host_user
+    from ccloudvm.paths import StateDir
+    from ccloudvm.proxy import ProxySettings
+    from ccloudvm.templating import TemplateContext
+    from ccloudvm.workload import load_workload
+
+    ctx = TemplateContext(host=host_user(), instance_name="c1", proxies=ProxySettings())
+    workload = load_workload(StateDir(tmp_path), ref, ctx)
+    assert sorted(workload.cluster) == sorted(ACTIONS)
+    ClusterNetwork.from_mapping(workload.cluster_network)
+    if ref == str(WORKLOAD):
+        assert workload.cluster["setup"] == render("cluster/test/setup.sh.j2")
+    for action, text in workload.cluster.items():
+        script = tmp_path / f"{action}.sh"
+        script.write_text(text)
+        result = subprocess.run(["shellcheck", "-s", "bash", str(script)], capture_output=True)
+        assert result.returncode == 0, (action, result.stdout)
