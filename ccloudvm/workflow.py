@@ -43,12 +43,15 @@ class CreateOptions:
 
 
 def resolve(state: StateDir, ref: str, name: str, *, propagate_proxy: bool = True,
-            ca_certs: list[Path] | None = None, mounts: list[MountSpec] | None = None) -> Workload:  # fmt: skip
-    """Load and render workload `ref` for an instance called `name`."""
-    guest_proxies = proxy.for_guest(proxy.read_host_proxies(os.environ), hostname=name)
+            ca_certs: list[Path] | None = None, mounts: list[MountSpec] | None = None,
+            bare_metal: bool = False) -> Workload:  # fmt: skip
+    """Load and render workload `ref` for an instance called `name` (or for this host)."""
+    host_proxies = proxy.read_host_proxies(os.environ)
+    proxies = host_proxies if bare_metal else proxy.for_guest(host_proxies, hostname=name)
     ctx = TemplateContext(
-        host=host_user(), instance_name=name, proxies=guest_proxies, mounts=list(mounts or [])
-    )
+        host=host_user(), instance_name=name, proxies=proxies, mounts=list(mounts or []),
+        bare_metal=bare_metal,
+    )  # fmt: skip
     return load_workload(state, ref, ctx, propagate_proxy=propagate_proxy, ca_certs=ca_certs or [])
 
 

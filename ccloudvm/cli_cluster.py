@@ -1,0 +1,90 @@
+"""The cluster in a machine: `ccloudvm cluster ACTION [INSTANCE]` inside a VM, and
+`ccloudvm baremetal ACTION WORKLOAD` on this host. Both run the workload's same scripts."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ccloudvm import cluster, instance, netns, workflow
+from ccloudvm.instance_state import instance_names
+from ccloudvm.paths import StateDir
+
+_ACTION_HELP = {
+    "setup": "Bring the workload's cluster up (idempotent; every change is journaled first).",
+    "verify": "The quick end-to-end check; ends with 'N passed, N failed', exit status 1 on failure.",
+    "bat": "The acceptance tests; ends with 'N passed, N failed', exit status 1 on failure.",
+    "cleanup": "Undo everything setup made, from its journal (also after a crash half-way).",
+    "env": "Print the cluster's environment file (for 'eval' or 'source').",
+}
+
+
+def _exit(result: cluster.ClusterResult) -> None:
+    sys.exit(0 if result.ok else 1)
+
+
+@click.group("cluster")
+def cluster_group() -> None:
+    """Run the workload's cluster inside an instance (setup, verify, bat, cleanup, env)."""
+
+
+def _vm_action(action: str) -> click.Command:
+    @click.argument("name", required=False)
+    @click.option("-v", "--verbose", is_flag=True, help="Show the scripts' output as it comes.")
+    def command(name: str | None, verbose: bool) -> None:
+        state = StateDir.from_env()
+        if name is None:
+            names = instance_names(state)
+            if len(names) != 1:
+                raise click.UsageError("name the instance (there is not exactly one)")
+            name = names[0]
+        workload = workflow.workload_of(state, name)
+        cluster.script_for(workload.cluster, action, workload.name)
+        with instance.connect_target(state, name) as target:
+            result = cluster.run_cluster_action(
+                target, workload.cluster, action,
+                cluster_name=name, state_dir=cluster.GUEST_STATE_DIR.format(name=name),
+                network=workload.cluster_network, nat=True, workload=workload.name,
+                echo=(lambda line: click.echo(line, err=True)) if verbose else None,
+            )  # fmt: skip
+        _exit(result)
+
+    command.__doc__ = _ACTION_HELP[action] + " Runs inside instance NAME (default: the only one)."
+    return click.command(action)(command)
+
+
+@click.group("baremetal")
+def baremetal_group() -> None:
+    """Run a workload's cluster on this host, in a network namespace of its own, so the
+    host's links, routes and firewall stay untouched (--no-isolation: in the host's)."""
+
+
+def _host_action(action: str) -> click.Command:
+    @click.argument("workload")
+    @click.option("--name", help="Cluster name (default: the workload's name).")
+    @click.option(
+        "--no-isolation",
+        is_flag=True,
+        help="setup: use the host's network namespace; firewall rules are journaled and removed by cleanup.",
+    )
+    @click.option("-v", "--verbose", is_flag=True, help="Show the scripts' output as it comes.")
+    def command(workload: str, name: str | None, no_isolation: bool, verbose: bool) -> None:
+        state = StateDir.from_env()
+        rendered = workflow.resolve(state, workload, name or "baremetal", bare_metal=True)
+        result = netns.run_baremetal(
+            name or rendered.name, rendered.cluster, action, state=state,
+            network=rendered.cluster_network, isolate=False if no_isolation else None,
+            workload=workload, echo=(lambda line: click.echo(line, err=True)) if verbose else None,
+        )  # fmt: skip
+        _exit(result)
+
+    command.__doc__ = _ACTION_HELP[action] + " Runs on this host."
+    return click.command(action)(command)
+
+
+for _action in cluster.ACTIONS:
+    cluster_group.add_command(_vm_action(_action))
+    baremetal_group.add_command(_host_action(_action))
+
+commands = [cluster_group, baremetal_group]
