@@ -47,11 +47,14 @@ class BuildRecipe:
     size_gib: int = 4
     files: Mapping[str, str] = field(default_factory=dict)  # absolute path -> content
     services: tuple[str, ...] = ()  # systemd units to enable
+    masked: tuple[str, ...] = ()  # systemd units that must never run
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> BuildRecipe:
         """Parse and check a recipe; ValueError names the offending key."""
-        allowed = {"suite", "mirror", "packages", "initrd_modules", "size_gib", "files", "services"}
+        allowed = {
+            "suite", "mirror", "packages", "initrd_modules", "size_gib", "files", "services", "masked",
+        }  # fmt: skip
         unknown = sorted(set(data) - allowed)
         if unknown:
             raise ValueError(f"unknown key(s) {', '.join(unknown)}")
@@ -79,6 +82,7 @@ class BuildRecipe:
             size_gib=size,
             files=dict(files),
             services=_names(data.get("services"), "services", _UNIT),
+            masked=_names(data.get("masked"), "masked", _UNIT),
         )
 
     def canonical(self) -> dict[str, Any]:
@@ -91,6 +95,7 @@ class BuildRecipe:
             "size_gib": self.size_gib,
             "files": dict(sorted(self.files.items())),
             "services": sorted(self.services),
+            "masked": sorted(self.masked),
         }
 
 
@@ -193,6 +198,8 @@ def configure_root(recipe: BuildRecipe, root: Path) -> None:
         write_guest_file(root, path, text)
     for unit in recipe.services:
         proc.run(["chroot", root, "systemctl", "enable", unit])
+    for unit in recipe.masked:
+        proc.run(["chroot", root, "systemctl", "mask", unit])
     # Each VM must get its own SSH host keys (cloud-init makes them on first boot).
     for key in (root / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
