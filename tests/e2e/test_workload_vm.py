@@ -15,7 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
+from ccloudvm import workflow
+from ccloudvm.paths import StateDir
 from tests.e2e.conftest import CLI
 from tests.support.proxy import ProxyServer, run_proxy
 
@@ -139,3 +142,25 @@ def test_workload_behind_a_proxy(cli: CLI, proxy: ProxyServer) -> None:
 
     cli("delete", NAME)
     assert cli.instances() == []
+
+
+@pytest.mark.parametrize("propagate", [True, False])
+def test_no_proxy_propagation_in_the_create_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, propagate: bool
+) -> None:
+    """What `create --no-proxy-propagation` hands to the instance: no proxy anywhere in
+    the guest's cloud-config (no VM needed; the flag maps to CreateOptions.propagate_proxy)."""
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:3128")
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:3128")
+    state = StateDir(tmp_path / "state")
+    state.ensure()
+    options = workflow.CreateOptions(name=NAME, propagate_proxy=propagate)
+    request, _ = workflow.build_request(state, str(WORKLOAD), options)
+    text = yaml.safe_dump(request.user_data)
+    assert request.propagate_proxy is propagate
+    assert ("10.0.2.2:3128" in text) is propagate
+    assert ("/etc/apt/apt.conf.d/90ccloudvm-proxy" in text) is propagate
+    if not propagate:
+        assert "proxy" not in text.lower()
+    # the workload's own cloud-config part is there either way
+    assert f"written by cloud-init for {NAME}" in text

@@ -1,0 +1,109 @@
+"""The test cluster inside a real VM made by ccloudvm: the same scripts as on bare metal.
+
+One boot: create from tests/workloads/cluster-test.yaml (its provision step installs
+dnsmasq and busybox with apt, straight from Debian's archive through QEMU's NAT), then
+`cluster setup -> verify -> env -> cleanup`, with the guest checked afterwards (no bridge,
+macvlan, dnsmasq or tenant namespace left). Bad input: cluster commands on an instance
+whose workload has no cluster section exit 2 with one line.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import CLI
+
+pytestmark = pytest.mark.e2e
+
+NAME = "e2e-clu"
+CLUSTER_TEST = Path(__file__).resolve().parents[1] / "workloads" / "cluster-test.yaml"
+
+
+def _guest(cli: CLI, script: str) -> str:
+    return cli("run", NAME, "--", "sudo", "sh", "-c", script).out
+
+
+def test_cluster_in_a_vm(cli: CLI, tmp_path: Path) -> None:
+    # The instance's workload: the test cluster itself, through a file of the test's own,
+    # so that the end of the test can take the cluster section away again.
+    workload = tmp_path / "cluster-vm.yaml"
+    workload.write_text(f"inherits: {CLUSTER_TEST}\n")
+
+    start = time.monotonic()
+    created = cli("create", str(workload), "--name", NAME, "--mem", "1024")
+    print(f"\ncreate took {time.monotonic() - start:.1f} s\n{created.err}")
+    assert re.search(r"^cluster test tools \.\.\. OK", created.err, re.M), created.err
+    links_before = _guest(cli, "ip -o link | awk -F': ' '{print $2}' | sort")
+
+    timings: dict[str, float] = {}
+
+    def timed(action: str, *args: str) -> str:
+        begin = time.monotonic()
+        result = cli("cluster", action, NAME, *args)
+        timings[action] = time.monotonic() - begin
+        return result.out + result.err
+
+    setup = timed("setup")
+    assert "FAIL" not in setup, setup
+    # setup twice changes nothing and still succeeds
+    setup_again = cli("cluster", "setup", NAME)
+    assert "FAIL" not in setup_again.err
+    verified = timed("verify")
+    assert re.search(r"^7 passed, 0 failed$", verified, re.M), verified
+    env = cli("cluster", "env", NAME).out
+    assert f"export CLUSTER_NAME='{NAME}'" in env
+    assert "export CLUSTER_GATEWAY='198.51.100.1'" in env
+    assert re.search(r"CLUSTER_SERVICE_URL='http://198\.51\.100\.\d+:8080/'", env), env
+
+    # In the guest while it runs: the network and the tenants as documented.
+    links = _guest(cli, "ip -o link")
+    assert "ciao_br" in links and "ciaovlan@ciao_br" in links
+    assert "inet 198.51.100.1/24" in _guest(cli, "ip -o -4 addr show dev ciaovlan")
+    assert set(_guest(cli, "ip netns list | cut -d' ' -f1").split()) >= {f"{NAME}-t1", f"{NAME}-t2"}
+    assert "dnsmasq" in _guest(cli, "ps -eo comm")
+
+    cleaned = timed("cleanup")
+    assert "FAIL" not in cleaned, cleaned
+    cycle = timings["setup"] + timings["verify"] + timings["cleanup"]
+    print(
+        "cluster in the VM (ccloudvm commands, SSH included): "
+        + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items())
+        + f"; setup -> verify -> cleanup {cycle:.1f} s"
+    )
+
+    # After cleanup: nothing of the cluster is left in the guest.
+    links = _guest(cli, "ip -o link")
+    assert "ciao_br" not in links and "ciaovlan" not in links, links
+    assert _guest(cli, "ip -o link | awk -F': ' '{print $2}' | sort") == links_before
+    assert _guest(cli, "ip netns list") == ""
+    assert "dnsmasq" not in _guest(cli, "ps -eo comm").split()
+    assert "busybox" not in _guest(cli, "ps -eo comm").split()
+    # ... and cleanup with nothing set up succeeds
+    assert cli("cluster", "cleanup", NAME).code == 0
+    # verify without a cluster fails, and says why
+    not_up = cli("cluster", "verify", NAME, check=False)
+    assert not_up.code == 1 and "not set up" in not_up.err, not_up
+
+    # Bad input: the instance's workload has no cluster section (any more).
+    workload.write_text("inherits: debian\n")
+    for action in ("setup", "verify", "env"):
+        bad = cli("cluster", action, NAME, check=False)
+        assert bad.code == 2, bad
+        assert "has no cluster section" in bad.err and "Traceback" not in bad.err
+        assert len([line for line in bad.err.splitlines() if line.strip()]) <= 2, bad.err
+
+    cli("delete", NAME)
+    assert cli.instances() == []
+
+
+def test_cluster_commands_need_a_cluster_workload(cli: CLI) -> None:
+    """Bare metal too: a workload without a cluster is refused before anything happens."""
+    bad = cli("baremetal", "setup", "debian", check=False)
+    assert bad.code == 2, bad
+    assert "has no cluster section" in bad.err and "Traceback" not in bad.err
+    missing = cli("cluster", "setup", "no-such-instance", check=False)
+    assert missing.code != 0 and "Traceback" not in missing.err, missing
