@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import repo_root
 from tests.e2e.conftest import CLI
 
 pytestmark = pytest.mark.e2e
 
-WORKLOAD = str(repo_root() / "tests" / "workloads" / "e2e-build.yaml")
+WORKLOAD = str(Path(__file__).resolve().parents[1] / "workloads" / "e2e-build.yaml")
 
 
 def _images(cli: CLI) -> dict[str, dict[str, object]]:
