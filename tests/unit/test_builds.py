@@ -1,0 +1,72 @@
+"""Saved builds and the image cache's housekeeping, on a real cache directory (no VM)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from ccloudvm import builds, images
+from ccloudvm.errors import NotFoundError, StateError
+from ccloudvm.instance_state import ImageRef, InstanceFiles, InstanceState, save_state
+from ccloudvm.paths import StateDir
+
+
+def _cached(state: StateDir, name: str, kind: str, key: str) -> Path:
+    directory = images.images_dir(state) / f"{name}-{key}"
+    directory.mkdir(parents=True)
+    (directory / images.DISK).write_bytes(b"qcow2")
+    meta = {"name": name, "kind": kind, "key": key, "created": time.time()}
+    (directory / images.METADATA).write_text(json.dumps(meta))
+    return directory
+
+
+def _instance_on(state: StateDir, name: str, disk: Path) -> None:
+    files = InstanceFiles(state.instance_dir(name))
+    files.dir.mkdir(parents=True)
+    save_state(files, InstanceState(name=name, workload="debian", image=ImageRef("x", "k", str(disk)),
+               mem_mib=1024, cpus=1, disk_gib=8, host_ip="127.77.0.2", ssh_port=10022, guest_user="u"))  # fmt: skip
+
+
+def test_an_image_backing_an_instance_is_never_removed(tmp_path: Path) -> None:
+    state = StateDir(tmp_path)
+    used = _cached(state, "mine", "saved", "aaaa")
+    _instance_on(state, "dev", used / images.DISK)
+    with pytest.raises(StateError, match="backs an instance"):
+        builds.remove(state, "mine")
+    assert used.exists()
+    with pytest.raises(NotFoundError):
+        builds.remove(state, "nothing-like-it")
+
+
+def test_prune_keeps_what_is_used_current_or_the_users_own(tmp_path: Path) -> None:
+    state = StateDir(tmp_path)
+    current_key = images.load_definition(state, "debian-12").key
+    current = _cached(state, "debian-12", "built", current_key)
+    stale = _cached(state, "debian-12", "built", "0000000000000000")
+    users_own = _cached(state, "my-image", "saved", "bbbb")
+    old_build = _cached(state, "go-build-1234abcd", "saved", "cccc")
+    kept_build = _cached(state, "go-build-5678abcd", "saved", "dddd")
+    (state.cache / "builds").mkdir(parents=True)
+    (state.cache / "builds" / "k.json").write_text(json.dumps({"image": "go-build-5678abcd"}))
+    in_use = _cached(state, "debian-12", "built", "1111111111111111")
+    _instance_on(state, "dev", in_use / images.DISK)
+
+    removed = builds.prune(state)
+
+    assert sorted(removed) == sorted([stale.name, old_build.name])
+    for kept in (current, users_own, kept_build, in_use):
+        assert kept.exists(), kept
+
+
+def test_find_build_needs_the_saved_image_to_exist(tmp_path: Path) -> None:
+    state = StateDir(tmp_path)
+    (state.cache / "builds").mkdir(parents=True)
+    (state.cache / "builds" / "abc.json").write_text(json.dumps({"image": "w-build-1"}))
+    assert builds.find_build(state, "abc") is None
+    _cached(state, "w-build-1", "saved", "eeee")
+    found = builds.find_build(state, "abc")
+    assert found is not None and found.name == "w-build-1"
+    assert builds.find_build(state, "other") is None
