@@ -20,7 +20,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-console = Console(stderr=True, highlight=False)
+# soft_wrap: an error or a step line stays one line in logs and pipes, however long.
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False)  # stdout: results a script may read (tables, JSON)
 if not out.is_terminal:
     # A pipe has no width: never cut a table row (an SSH address, say) to 80 columns.
