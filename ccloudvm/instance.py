@@ -112,6 +112,16 @@ def _check_mounts(mounts: list[MountSpec], user: HostUser) -> list[MountSpec]:
     return resolved
 
 
+def _check_drives(drives: list[str]) -> None:
+    for drive in drives:
+        path = Path(drive.split(",", 1)[0]).expanduser()
+        if not path.is_file():
+            raise UsageError(
+                f"drive {path} does not exist",
+                hint="give an existing disk image: --drive PATH,format=qcow2",
+            )
+
+
 def _check_ports(ports: list[PortSpec], host_ip: str) -> None:
     seen: set[int] = set()
     for port in ports:
@@ -201,7 +211,9 @@ def _launch(state: StateDir, files: InstanceFiles, inst: InstanceState) -> None:
     files.qmp.parent.chmod(0o700)
 
 
-def _wait_ready(files: InstanceFiles, inst: InstanceState, timeout: float) -> SSHTarget:
+def _wait_ready(
+    state: StateDir, files: InstanceFiles, inst: InstanceState, timeout: float
+) -> SSHTarget:
     deadline = time.monotonic() + timeout
     start = time.monotonic()
 
@@ -214,7 +226,7 @@ def _wait_ready(files: InstanceFiles, inst: InstanceState, timeout: float) -> SS
             on_stage=ready.report_stage(status), name=inst.name,
         )  # fmt: skip
         status.update("connecting over SSH")
-        target = ssh_target_for(files, inst, deadline=deadline)
+        target = ssh_target_for(state, inst, deadline=deadline)
     code, result = target.run_capture(["cat", "/run/cloud-init/result.json"])
     errors = ready.cloud_init_errors(result) if code == 0 else []
     if errors:
@@ -226,16 +238,12 @@ def _wait_ready(files: InstanceFiles, inst: InstanceState, timeout: float) -> SS
     return target
 
 
-def ssh_target_for(
-    files: InstanceFiles, inst: InstanceState, *, deadline: float | None = None
-) -> SSHTarget:
-    state_key = files.host_key_pub.read_text().strip()
-    if deadline is None:
-        deadline = time.monotonic() + 30
+def ssh_target_for(state: StateDir, inst: InstanceState, *, deadline: float) -> SSHTarget:
+    """Connect to the instance with its pinned host key, retrying until `deadline`."""
+    host_key = files_of(state, inst.name).host_key_pub.read_text().strip()
     return wait_for_ssh(
         name=inst.name, host=inst.host_ip, port=inst.ssh_port, user=inst.guest_user,
-        key_path=StateDir(files.dir.parent.parent).private_key, host_key_public=state_key,
-        deadline=deadline,
+        key_path=state.private_key, host_key_public=host_key, deadline=deadline,
     )  # fmt: skip
 
 
@@ -255,6 +263,7 @@ def create(state: StateDir, req: CreateRequest) -> InstanceState:
         )
     mem, cpus, disk = _check_sizes(req)
     mounts = _check_mounts(req.mounts, user)
+    _check_drives(req.drives)
     host_ip = allocate_host_ip({s.host_ip for s in all_states(state)})
     _check_ports(req.ports, host_ip)
     require_tool("qemu-system-x86_64")
@@ -338,9 +347,11 @@ def create(state: StateDir, req: CreateRequest) -> InstanceState:
                 instance_id,
             )
             save_state(files, inst)
-            launched = True
+            # A QEMU that refuses to start leaves nothing worth keeping; a guest that
+            # started but is not ready stays for `logs` and `connect`.
             _launch(state, files, inst)
-            _wait_ready(files, inst, req.timeout).close()
+            launched = True
+            _wait_ready(state, files, inst, req.timeout).close()
             return inst
     except BaseException:
         if made_dir and not launched:
@@ -356,7 +367,7 @@ def start(state: StateDir, name: str, timeout: float = BOOT_TIMEOUT) -> Instance
             ui.info(f"{name} is already running")
             return inst
         _launch(state, files, inst)
-        _wait_ready(files, inst, timeout).close()
+        _wait_ready(state, files, inst, timeout).close()
         return inst
 
 
@@ -457,7 +468,7 @@ def connect_target(state: StateDir, name: str) -> SSHTarget:
     inst = load_state(state, name)
     files = files_of(state, name)
     _require_running(files, name)
-    return ssh_target_for(files, inst, deadline=time.monotonic() + 20)
+    return ssh_target_for(state, inst, deadline=time.monotonic() + 20)
 
 
 def ssh_argv(state: StateDir, name: str, command: list[str] | None = None) -> list[str]:

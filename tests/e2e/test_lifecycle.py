@@ -125,13 +125,41 @@ def test_instance_lifecycle(cli: CLI, tmp_path: Path, served_image) -> None:  # 
     cli("start", NAME)
     assert cli("run", NAME, "--", "cat", "keep.txt").out.strip() == "persistent"
 
-    # logs: the serial console of this boot
+    # logs: the serial console of this boot, and cloud-init's output log from the guest
     assert "Linux version" in cli("logs", NAME).out
+    assert "Cloud-init v." in cli("logs", NAME, "--cloud-init").out
 
-    cli("delete", NAME)
+    # plain ssh with the generated config: key and pinned host key, no prompts
+    config = tmp_path / "ssh_config"
+    config.write_text(cli("ssh-config", NAME).out)
+    plain = subprocess.run(  # noqa: S603
+        ["ssh", "-F", str(config), "-o", "BatchMode=yes", NAME, "hostname"],  # noqa: S607
+        capture_output=True, text=True, timeout=60, check=False, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert plain.returncode == 0 and plain.stdout.strip() == NAME, plain.stderr
+
+    # quit pulls the plug; teardown removes every instance
+    cli("quit", NAME)
+    assert json.loads(cli("status", NAME, "--json").out)["state"] == "stopped"
+    cli("teardown", "--yes")
     assert not instance_dir.exists()
     assert not _qemu_pids(instance_dir)
     leftover = subprocess.run(
         ["pgrep", "-f", str(instance_dir)], capture_output=True, text=True, check=False
     )  # noqa: S603,S607
     assert leftover.stdout.strip() == ""
+
+
+def test_qemu_refusing_to_start_says_why_and_leaves_nothing(cli: CLI, tmp_path: Path) -> None:
+    bad = tmp_path / "not-a-qcow2.img"
+    bad.write_bytes(b"\0" * 1024 * 1024)
+    result = cli("create", "debian", "--name", "e2e-bad", "--mem", "512", "--cpus", "1",
+                 "--drive", f"{bad},format=qcow2", check=False)  # fmt: skip
+    assert result.code == 1, result.err
+    assert "QEMU failed to start 'e2e-bad'" in result.err and "qcow2" in result.err
+    assert "Traceback" not in result.err
+    assert not (cli.home / "instances" / "e2e-bad").exists()
+    missing = cli(
+        "create", "debian", "--name", "e2e-bad", "--drive", f"{tmp_path}/nope.img", check=False
+    )
+    assert missing.code == 2 and "does not exist" in missing.err
