@@ -64,6 +64,11 @@ def test_instance_lifecycle(cli: CLI, tmp_path: Path, served_image) -> None:  # 
     assert host_ip.startswith("127."), "SSH must be forwarded on a loopback address only"
 
     # run: output and exit status of the guest command become ours
+    # the image boots clean: no failed unit, no cloud-init error
+    assert cli("run", NAME, "--", "systemctl", "--failed", "--no-legend").out.strip() == ""
+    result = json.loads(cli("run", NAME, "--", "cat", "/run/cloud-init/result.json").out)
+    assert result["v1"]["errors"] == []
+
     uname = cli("run", NAME, "--", "uname", "-s")
     assert uname.out.strip() == "Linux"
     assert cli("run", NAME, "--", "sh", "-c", "exit 7", check=False).code == 7
@@ -126,7 +131,7 @@ def test_instance_lifecycle(cli: CLI, tmp_path: Path, served_image) -> None:  # 
     assert cli("run", NAME, "--", "cat", "keep.txt").out.strip() == "persistent"
 
     # logs: the serial console of this boot, and cloud-init's output log from the guest
-    assert "Linux version" in cli("logs", NAME).out
+    assert "Welcome to Debian GNU/Linux 12" in cli("logs", NAME).out
     assert "Cloud-init v." in cli("logs", NAME, "--cloud-init").out
 
     # plain ssh with the generated config: key and pinned host key, no prompts
