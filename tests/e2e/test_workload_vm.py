@@ -60,8 +60,33 @@ def _assert_steps_ok(text: str) -> None:
         )
 
 
-def test_workload_behind_a_proxy(cli: CLI, proxy: ProxyServer) -> None:
+def _self_signed_ca(path: Path) -> str:
+    """A CA certificate like a TLS-intercepting proxy's; returns a line of its base64 body."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ccloudvm e2e proxy CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    path.write_text(pem)
+    return pem.splitlines()[1]
+
+
+def test_workload_behind_a_proxy(cli: CLI, proxy: ProxyServer, tmp_path: Path) -> None:
     env = _proxy_env(proxy)
+    ca_line = _self_signed_ca(tmp_path / "proxy-ca.pem")
     guest_proxy = f"http://10.0.2.2:{proxy.port}"
 
     # workload show: the merged, rendered result, no VM needed
@@ -74,12 +99,17 @@ def test_workload_behind_a_proxy(cli: CLI, proxy: ProxyServer) -> None:
     assert proxy.requests == []
 
     start = time.monotonic()
-    created = cli("create", str(WORKLOAD), "--name", NAME, "--mem", "1024", env=env)
+    created = cli("create", str(WORKLOAD), "--name", NAME, "--mem", "1024",
+                  "--ca-cert", str(tmp_path / "proxy-ca.pem"), env=env)  # fmt: skip
     create_seconds = time.monotonic() - start
     _assert_steps_ok(created.err)
     step_seconds = [float(s) for s in re.findall(r" \.\.\. OK \(([\d.]+) s\)", created.err)]
     print(f"\ncreate took {create_seconds:.1f} s; provision steps {step_seconds}")
     print(created.err)
+
+    # --ca-cert: the proxy's CA is in the guest's trust store
+    bundle = cli("run", NAME, "--", "cat", "/etc/ssl/certs/ca-certificates.crt").out
+    assert ca_line in bundle, "the extra CA certificate is not in the guest's trust store"
 
     # The proxy's own log: apt's and curl's requests, from the guest (through QEMU's NAT,
     # so from the host's loopback), to Debian's archive only.
