@@ -90,13 +90,10 @@ def save_instance(
             f"an image named {image_name!r} exists already",
             hint=f"choose another name or 'ccloudvm image rm {image_name}'",
         )
-    try:
-        images.load_definition(state, image_name)
+    if any(d.name == image_name for d in images.list_definitions(state)):
         raise UsageError(
             f"{image_name!r} is the name of an image definition", hint="choose another name"
         )
-    except NotFoundError:
-        pass
     (state.cache / "tmp").mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="save-", dir=state.cache / "tmp") as tmp:
         flat = Path(tmp) / "disk.raw"

@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 import click
 from rich.table import Table
 
-from ccloudvm import __version__, instance, ui
+from ccloudvm import __version__, cli_cluster, cli_images, cli_workloads, instance, ui
 from ccloudvm.errors import CcloudvmError, UsageError
 from ccloudvm.instance_state import instance_names
 from ccloudvm.paths import StateDir
@@ -368,25 +368,12 @@ def setup(check: bool, as_json: bool) -> None:
         _print_json(report)
 
 
-def _register_optional(module: str, attribute: str) -> None:
-    """Attach the commands of a module that may not be present in a partial install."""
-    import importlib
-
-    try:
-        commands = getattr(importlib.import_module(module), attribute)
-    except (ImportError, AttributeError):
-        return
-    for command in commands:
-        cli.add_command(command)
+# The other command groups live in modules of their own.
+for _command in (*cli_workloads.commands, *cli_images.commands, *cli_cluster.commands):
+    cli.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> None:
-    for module, attribute in (
-        ("ccloudvm.cli_workloads", "commands"),
-        ("ccloudvm.cli_images", "commands"),
-        ("ccloudvm.cli_cluster", "commands"),
-    ):
-        _register_optional(module, attribute)
     try:
         cli.main(args=argv, prog_name="ccloudvm", standalone_mode=False)
     except click.exceptions.Abort:
