@@ -207,7 +207,11 @@ def allocate_host_ip(taken: set[str]) -> str:
 
 
 def port_free(host: str, port: int) -> bool:
+    """Whether QEMU could listen on host:port. Like QEMU's own hostfwd listener, bind with
+    SO_REUSEADDR: connections a stopped VM served linger in TIME_WAIT on the port for a
+    minute, and they must not make a restart fail. A real listener still makes bind fail."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

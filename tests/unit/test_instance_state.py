@@ -57,6 +57,23 @@ def test_ssh_port_skips_ports_in_use() -> None:
         assert pick_ssh_port("127.77.9.9", port) != port
 
 
+def test_port_left_in_time_wait_is_free() -> None:
+    # A forwarded port whose server side closed first (as QEMU's does after serving an
+    # HTTP/1.0 reply) stays in TIME_WAIT after QEMU exits; start must still get it.
+    # libslirp's listener sets SO_REUSEADDR, and so its accepted sockets have it too.
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.77.9.10", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.77.9.10", port))
+        accepted, _ = server.accept()
+        accepted.close()  # the server closes first: its end goes to TIME_WAIT
+        client.recv(1)
+        client.close()
+    assert port_free("127.77.9.10", port)
+
+
 def _state(tmp_path: Path) -> InstanceState:
     return InstanceState(
         name="dev", workload="debian", image=ImageRef("debian-12", "k", "/c/disk.qcow2", "/c/vmlinuz"),
