@@ -16,11 +16,11 @@ import re
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ccloudvm.errors import NotFoundError, StateError, UsageError
+from ccloudvm.errors import CcloudvmError, NotFoundError, StateError, UsageError
 from ccloudvm.paths import StateDir
 from ccloudvm.specs import MountSpec, PortSpec
 
@@ -175,12 +175,69 @@ def load_state(state: StateDir, name: str) -> InstanceState:
             f"no instance named {name!r}", hint="'ccloudvm instances' lists them"
         ) from None
     except ValueError as exc:
-        raise StateError(
-            f"the state file of {name!r} is damaged: {exc}",
-            hint=f"'ccloudvm delete {name}' removes it",
-        ) from exc
-    raw["image"] = ImageRef(**raw["image"])
-    return InstanceState(**raw)
+        raise _damaged(files, name, f"not JSON: {exc}") from exc
+    problem = _record_problem(raw, InstanceState)
+    if problem is None:
+        problem = _record_problem(raw["image"], ImageRef, "image.")
+    if problem is not None:
+        raise _damaged(files, name, problem)
+    inst = InstanceState(**{**raw, "image": ImageRef(**raw["image"])})
+    try:
+        inst.port_specs()
+    except CcloudvmError as exc:
+        raise _damaged(files, name, exc.message) from exc
+    try:
+        inst.mount_specs()
+    except KeyError as exc:
+        raise _damaged(files, name, f"a mount has no {exc}") from exc
+    return inst
+
+
+def _damaged(files: InstanceFiles, name: str, problem: str) -> StateError:
+    return StateError(
+        f"the state file {files.state} is damaged ({problem})",
+        hint=f"'ccloudvm delete {name}' removes the instance",
+    )
+
+
+# The JSON types each field's annotation allows (annotations are strings here), and
+# for lists the type of their items.
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,),
+    "int": (int,),
+    "float": (int, float),
+    "bool": (bool,),
+    "str | None": (str, type(None)),
+    "ImageRef": (dict,),
+    "list[str]": (list,),
+    "list[dict[str, Any]]": (list,),
+}
+_ITEM_TYPES: dict[str, type] = {"list[str]": str, "list[dict[str, Any]]": dict}
+
+
+def _record_problem(raw: object, cls: type, prefix: str = "") -> str | None:
+    """What is wrong with `raw` as the saved form of dataclass `cls`, or None."""
+    if not isinstance(raw, dict):
+        return f"{prefix.rstrip('.') or 'the file'} is not a JSON object"
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        return f"unknown field {prefix}{unknown[0]}"
+    for name, spec in known.items():
+        if name not in raw:
+            if spec.default is MISSING and spec.default_factory is MISSING:
+                return f"no field {prefix}{name}"
+            continue
+        allowed = _JSON_TYPES.get(str(spec.type))
+        item = _ITEM_TYPES.get(str(spec.type), object)
+        value = raw[name]
+        if allowed is not None and (
+            not isinstance(value, allowed)
+            or (isinstance(value, bool) and bool not in allowed)
+            or (isinstance(value, list) and not all(isinstance(v, item) for v in value))
+        ):
+            return f"field {prefix}{name} is {json.dumps(value)[:40]}, not {spec.type}"
+    return None
 
 
 def instance_names(state: StateDir) -> list[str]:
@@ -209,14 +266,50 @@ def allocate_host_ip(taken: set[str]) -> str:
 def port_free(host: str, port: int) -> bool:
     """Whether QEMU could listen on host:port. Like QEMU's own hostfwd listener, bind with
     SO_REUSEADDR: connections a stopped VM served linger in TIME_WAIT on the port for a
-    minute, and they must not make a restart fail. A real listener still makes bind fail."""
+    minute, and they must not make a restart fail. A real listener still makes bind fail.
+    Any failure (in use, a privileged port, a missing address) is False; check_port_allowed
+    tells the failures that are not "in use" apart."""
+    return _bind_error(host, port) is None
+
+
+def _bind_error(host: str, port: int) -> OSError | None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
-        except OSError:
-            return False
-    return True
+        except OSError as exc:
+            return exc
+    return None
+
+
+def unprivileged_port_start(
+    sysctl: Path = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start"),
+) -> int:
+    """The lowest port an ordinary user may listen on (1024 unless the host changed it)."""
+    try:
+        return int(sysctl.read_text().strip())
+    except (OSError, ValueError):
+        return 1024
+
+
+def check_port_allowed(host: str, port: int) -> None:
+    """Raise if QEMU could never listen on host:port, whoever else is using it: a privileged
+    port for a user without root, or an address this host does not have. A port that is
+    merely in use passes; port_free says that, and the caller words the message."""
+    error = _bind_error(host, port)
+    if error is None or error.errno == errno.EADDRINUSE:
+        return
+    if error.errno == errno.EACCES:
+        raise UsageError(
+            f"host port {port} needs root",
+            hint=f"pick a host port above {unprivileged_port_start() - 1}",
+        )
+    if error.errno == errno.EADDRNOTAVAIL:
+        raise CcloudvmError(
+            f"cannot listen on {host}: this host has no such address",
+            hint="the loopback interface should carry all of 127.0.0.0/8 (see 'ip addr show lo')",
+        )
+    raise CcloudvmError(f"cannot listen on {host}:{port}: {error.strerror or error}")
 
 
 def pick_ssh_port(host: str, preferred: int = DEFAULT_SSH_PORT) -> int:

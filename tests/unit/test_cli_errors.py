@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -9,6 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from ccloudvm.instance_state import ImageRef, InstanceFiles, InstanceState, save_state
+from ccloudvm.paths import StateDir
 
 
 def ccloudvm(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -73,7 +77,7 @@ def test_bad_port_spec(spec: str) -> None:
 
 def test_port_already_taken() -> None:
     with socket.socket() as busy:
-        busy.bind(("0.0.0.0", 0))  # noqa: S104 - a wildcard listener blocks the port on every loopback address
+        busy.bind(("127.77.0.2", 0))  # the address the first instance gets
         busy.listen()
         port = busy.getsockname()[1]
         result = ccloudvm("create", "debian", "--name", "x", "--port", f"{port}:80")
@@ -104,6 +108,58 @@ def test_qemu_missing_says_how_to_install(tmp_path: Path) -> None:
 )
 def test_commands_on_a_missing_instance(command: list[str]) -> None:
     _one_line_error(ccloudvm(*command), 2, "no instance named 'ghost'")
+
+
+def _make_instance(name: str) -> InstanceFiles:
+    """An instance as `create` leaves it after `stop`: its directory and state, no QEMU."""
+    files = InstanceFiles(StateDir.from_env().instance_dir(name))
+    files.dir.mkdir(parents=True)
+    inst = InstanceState(
+        name=name, workload="debian", image=ImageRef("debian-12", "k", "/nonexistent/disk.qcow2"),
+        mem_mib=1024, cpus=1, disk_gib=8, host_ip="127.77.0.2", ssh_port=10022,
+        guest_user="ccloudvm", desired="stopped",
+    )  # fmt: skip
+    save_state(files, inst)
+    return files
+
+
+def test_create_with_a_name_that_exists_changes_nothing() -> None:
+    files = _make_instance("dev")
+    before = files.state.read_text()
+    result = ccloudvm("create", "debian", "--name", "dev")
+    _one_line_error(result, 2, "an instance named 'dev' already exists")
+    assert files.state.read_text() == before
+
+
+def test_run_on_a_stopped_instance_says_how_to_start_it() -> None:
+    _make_instance("dev")
+    _one_line_error(ccloudvm("run", "dev", "--", "true"), 1, "'dev' is not running",
+                    "ccloudvm start dev")  # fmt: skip
+
+
+def test_a_damaged_state_file_is_one_line_and_delete_removes_it() -> None:
+    files = _make_instance("dev")
+    files.state.write_text("{}\n")
+    result = ccloudvm("status", "dev")
+    _one_line_error(result, 1, f"the state file {files.state} is damaged",
+                    "'ccloudvm delete dev' removes the instance")  # fmt: skip
+    assert ccloudvm("delete", "dev").returncode == 0
+    assert not files.dir.exists()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="cli.py's instances command must catch CcloudvmError per instance "
+    "(warn and go on); then drop this marker",
+)
+def test_instances_lists_the_others_beside_a_damaged_one() -> None:
+    _make_instance("good")
+    _make_instance("bad").state.write_text('{"name": "bad", "colour": "red"}\n')
+    result = ccloudvm("instances", "--json")
+    assert "Traceback" not in result.stderr
+    assert result.returncode == 0, result.stderr
+    assert [row["name"] for row in json.loads(result.stdout)] == ["good"]
+    assert "instances/bad/state.json is damaged" in result.stderr
 
 
 def test_delete_missing_instance() -> None:

@@ -1,23 +1,33 @@
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import socket
+import subprocess
+import sys
 import threading
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from ccloudvm.errors import NotFoundError, StateError, UsageError
+from ccloudvm.errors import CcloudvmError, NotFoundError, StateError, UsageError
 from ccloudvm.instance_state import (
     ImageRef,
     InstanceFiles,
     InstanceState,
+    all_states,
     allocate_host_ip,
+    check_port_allowed,
     instance_lock,
     load_state,
     pick_ssh_port,
     port_free,
     random_name,
     save_state,
+    unprivileged_port_start,
     validate_name,
 )
 from ccloudvm.paths import StateDir
@@ -74,6 +84,68 @@ def test_port_left_in_time_wait_is_free() -> None:
     assert port_free("127.77.9.10", port)
 
 
+def test_a_port_in_use_is_allowed_but_not_free() -> None:
+    # "In use" is the caller's message to word; check_port_allowed only rules out the rest.
+    with socket.socket() as busy:
+        busy.bind(("127.77.9.11", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        check_port_allowed("127.77.9.11", port)
+        assert not port_free("127.77.9.11", port)
+
+
+def test_an_address_this_host_lacks_is_not_called_in_use() -> None:
+    with pytest.raises(CcloudvmError, match="cannot listen on 192.0.2.1") as info:
+        check_port_allowed("192.0.2.1", 18080)  # TEST-NET-1: on no host
+    assert "in use" not in str(info.value)
+    assert not port_free("192.0.2.1", 18080)
+
+
+_UNPRIVILEGED_CHECK = """
+import sys
+from ccloudvm.errors import UsageError
+from ccloudvm.instance_state import check_port_allowed, port_free
+port = int(sys.argv[1])
+print("free" if port_free("127.77.9.12", port) else "not free")
+try:
+    check_port_allowed("127.77.9.12", port)
+except UsageError as exc:
+    print(exc)
+    sys.exit(2)
+"""
+
+
+def test_a_privileged_port_says_it_needs_root_not_in_use() -> None:
+    first = unprivileged_port_start()
+    if first == 0:
+        pytest.skip("this host lets every user listen on any port")
+    # Root (as here and in CI) may listen on any port: the check runs as root without
+    # the capability that allows it, as an ordinary user would.
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("setpriv (util-linux) is needed to drop root's port capability")
+        prefix = [setpriv, "--bounding-set", "-net_bind_service", "--"]
+    result = subprocess.run(  # noqa: S603 - fixed argv
+        [*prefix, sys.executable, "-c", _UNPRIVILEGED_CHECK, str(first - 1)],
+        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True,
+        timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stdout.splitlines() == [
+        "not free",
+        f"host port {first - 1} needs root (pick a host port above {first - 1})",
+    ]
+
+
+def test_unprivileged_port_start_reads_the_sysctl(tmp_path: Path) -> None:
+    sysctl = tmp_path / "ip_unprivileged_port_start"
+    sysctl.write_text("80\n")
+    assert unprivileged_port_start(sysctl) == 80
+    assert unprivileged_port_start(tmp_path / "missing") == 1024
+
+
 def _state(tmp_path: Path) -> InstanceState:
     return InstanceState(
         name="dev", workload="debian", image=ImageRef("debian-12", "k", "/c/disk.qcow2", "/c/vmlinuz"),
@@ -102,6 +174,42 @@ def test_missing_and_damaged_state(tmp_path: Path) -> None:
     (damaged / "state.json").write_text("{not json")
     with pytest.raises(StateError, match="damaged"):
         load_state(state, "bad")
+
+
+def _record(tmp_path: Path) -> dict[str, Any]:
+    return asdict(_state(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (lambda r: {}, "no field name"),
+        (lambda r: [r], "is not a JSON object"),
+        (lambda r: {**r, "colour": "red"}, "unknown field colour"),
+        (lambda r: {**r, "image": "debian-12"}, "field image is"),
+        (lambda r: {**r, "image": {"name": "debian-12"}}, "no field image.key"),
+        (lambda r: {**r, "mem_mib": "2048"}, 'field mem_mib is "2048", not int'),
+        (lambda r: {**r, "nested": 1}, "field nested is 1, not bool"),
+        (lambda r: {**r, "ports": [8080]}, "field ports is [8080]"),
+        (lambda r: {**r, "ports": ["http"]}, "invalid port 'http'"),
+        (lambda r: {**r, "mounts": [{"guest_path": "/src"}]}, "a mount has no 'host_path'"),
+    ],
+)  # fmt: skip
+def test_state_of_the_wrong_shape_is_a_clear_error(
+    tmp_path: Path, change: Any, problem: str
+) -> None:
+    state = StateDir(tmp_path / "home")
+    files = InstanceFiles(state.instance_dir("dev"))
+    files.dir.mkdir(parents=True)
+    files.state.write_text(json.dumps(change(_record(tmp_path))))
+    with pytest.raises(StateError) as info:
+        load_state(state, "dev")
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"the state file {files.state} is damaged" in message
+    assert problem in message
+    assert info.value.hint == "'ccloudvm delete dev' removes the instance"
+    assert all_states(state) == []
 
 
 def test_lock_serialises_commands(tmp_path: Path) -> None:
