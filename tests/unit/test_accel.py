@@ -74,8 +74,16 @@ def test_requested_mode_from_flag_env_and_default() -> None:
         accel.requested_mode(None, {"CCLOUDVM_ACCEL": "xen"})
 
 
-def test_this_host_probe_is_fast_and_decides() -> None:
-    # On this kind of machine /dev/kvm exists but is paravirtual: auto must say TCG
-    # without booting anything; elsewhere it must still give a clear answer.
-    ok, reason = accel.kvm_precheck()
-    assert isinstance(ok, bool) and reason
+def test_this_kind_of_host_gets_tcg_without_a_boot_probe(tmp_path: Path) -> None:
+    # The facts of this machine (machine-facts.md): /dev/kvm exists and opens, kvm_pvm is
+    # loaded, the CPU flags show a hypervisor and no vmx/svm. Auto must pick TCG from these
+    # alone: the probe kernel given does not exist, so a boot probe would fail differently.
+    root = _fake_root(tmp_path, flags="fpu sse hypervisor", pvm=True)
+    choice = accel.detect(
+        mode="auto", run_dir=tmp_path / "run", probe_kernel=tmp_path / "no-vmlinuz", sys_root=root
+    )
+    assert choice == accel.Acceleration(
+        "tcg", False, "/dev/kvm is a paravirtual KVM (kvm_pvm) in which normal guests hang"
+    )
+    assert not (tmp_path / "run/accel.json").exists()  # nothing cached: nothing was probed
+    assert choice.qemu_args(nested_wanted=True) == ["-accel", "tcg,thread=multi", "-cpu", "max"]

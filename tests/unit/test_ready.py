@@ -24,17 +24,29 @@ def test_stage_is_read_from_the_console() -> None:
     )
 
 
-def test_marker_ends_the_wait(tmp_path: Path) -> None:
+def test_marker_ends_the_wait_and_stages_are_reported_on_the_way(tmp_path: Path) -> None:
+    # The guest writes its console a line at a time; each check of the QEMU process
+    # (is_alive) lets the fake guest print its next line.
     log = tmp_path / "serial.log"
-    log.write_text(f"booting\n[ 30.4] cloud-init[421]: {READY_MARKER} 30.45\n")
+    log.write_text("booting\n")
+    console = [
+        "         Starting cloud-init-local.service - Initial cloud-init job...\n",
+        "[ 20.1] cloud-init[368]: Cloud-init v. 22.4.2 running 'modules:config' at Tue\n",
+        f"[ 30.4] cloud-init[421]: {READY_MARKER} 30.45\n",
+        "this line is never printed: the wait is over\n",
+    ]
     stages: list[str] = []
+
+    def alive() -> bool:
+        with log.open("a") as out:
+            out.write(console.pop(0))
+        return True
+
     ready.wait_for_marker(
-        log,
-        deadline=time.monotonic() + 5,
-        is_alive=lambda: True,
-        on_stage=stages.append,
-        name="dev",
+        log, deadline=time.monotonic() + 60, is_alive=alive, on_stage=stages.append, name="dev"
     )
+    assert stages == ["cloud-init-local.service", "modules:config"]
+    assert console == ["this line is never printed: the wait is over\n"]
 
 
 def test_dead_qemu_fails_with_the_console_tail(tmp_path: Path) -> None:
