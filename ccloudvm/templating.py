@@ -1,16 +1,21 @@
 """Jinja2 rendering of workload parts: the context, the helpers, and one error style.
 
 Every template sees the same variables (see docs/workloads.md). Workloads fetched from a
-URL render in Jinja2's sandbox, so a template from the internet cannot reach Python
-internals on the host. Template errors become UsageErrors that name the variable and
-the template.
+URL render in Jinja2's immutable sandbox, so a template from the internet can neither reach
+Python internals on the host nor change the variables other templates see, and its
+download() calls may not point at this host or its private networks. Every error while
+rendering (Jinja's own, or a Python error inside an expression such as 1/0) becomes one
+UsageError that names the template and, where known, the line.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import ipaddress
 import re
 import shlex
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -44,8 +49,29 @@ class TemplateContext:
         """The user the steps run as: the guest user in a VM, the host user on bare metal."""
         h = self.host
         if self.bare_metal:
-            return {"name": h.name, "uid": h.uid, "gid": h.gid, "home": str(h.home)}
-        return {"name": h.guest_name, "uid": h.guest_uid, "gid": h.guest_gid, "home": h.guest_home}
+            return {
+                "name": h.name,
+                "uid": h.uid,
+                "gid": h.gid,
+                "home": str(h.home),
+                "gopath": str(h.gopath),
+            }
+        return {
+            "name": h.guest_name,
+            "uid": h.guest_uid,
+            "gid": h.guest_gid,
+            "home": h.guest_home,
+            "gopath": guest_gopath(h),
+        }
+
+
+def guest_gopath(host: HostUser) -> str:
+    """The GOPATH of the guest user: the host's own path, so paths mean the same on both
+    sides; but on a root host the guest user is `ccloudvm`, who cannot enter /root, so
+    there it is that user's ~/go."""
+    if host.is_root:
+        return f"{host.guest_home}/go"
+    return str(host.gopath)
 
 
 @dataclass(frozen=True)
@@ -56,14 +82,46 @@ class Download:
     cache_path: Path  # where the host keeps it, under <state>/cache/downloads
     staging_name: str  # its name inside the step's work folder on the target
     dest: str  # where the step installs it (may start with ~/)
+    restricted: bool = False  # asked for by a workload from a URL: public addresses only
+
+
+def refuse_private_url(url: str, where: str) -> None:
+    """Refuse a URL whose host is (or resolves to) this host or a private network.
+
+    Used for download() in workloads from a URL, so a workload from the internet cannot
+    make the host fetch from its own loopback services or the local network and hand the
+    result to the guest. A name that does not resolve here is let through: behind a proxy
+    the host may not resolve outside names at all, and the fetch is checked again.
+    """
+    host = urlsplit(str(url)).hostname or ""
+    addresses: list[str] = []
+    try:
+        addresses = [str(ipaddress.ip_address(host))]
+    except ValueError:
+        if host.lower() == "localhost" or host.lower().endswith((".localhost", ".local")):
+            addresses = ["127.0.0.1"]
+        else:
+            try:
+                addresses = [str(info[4][0]) for info in socket.getaddrinfo(host, None)]
+            except (OSError, UnicodeError):
+                addresses = []
+    for text in addresses:
+        address = ipaddress.ip_address(text.split("%", 1)[0])
+        if not address.is_global or address.is_multicast:
+            raise UsageError(
+                f"download({url!r}) in {where}: a workload from a URL may not fetch from "
+                f"{text}, a loopback, link-local or private address",
+                hint="download the workload and run it as a local file if you trust it",
+            )
 
 
 class Downloads:
     """Collects download() calls while one provision step renders."""
 
-    def __init__(self, cache_dir: Path | None, where: str) -> None:
+    def __init__(self, cache_dir: Path | None, where: str, *, restricted: bool = False) -> None:
         self.cache_dir = cache_dir
         self.where = where
+        self.restricted = restricted
         self.items: list[Download] = []
 
     def __call__(self, url: str, dest: str, mode: str = "0644") -> str:
@@ -77,6 +135,8 @@ class Downloads:
             raise UsageError(f"download({url!r}) in {self.where}: only http(s) URLs can be fetched")
         if not re.fullmatch(r"0?[0-7]{3}", str(mode)):
             raise UsageError(f"download() in {self.where}: mode {mode!r} is not octal like 0644")
+        if self.restricted:
+            refuse_private_url(str(url), self.where)
         base = PurePosixPath(parts.path).name or "download"
         base = re.sub(r"[^A-Za-z0-9._-]", "_", base)
         digest = hashlib.sha256(str(url).encode()).hexdigest()[:16]
@@ -85,6 +145,7 @@ class Downloads:
             cache_path=self.cache_dir / f"{digest}-{base}",
             staging_name=f"dl-{digest}-{base}",
             dest=str(dest),
+            restricted=self.restricted,
         )
         self.items.append(item)
         staged = f'"${WORKDIR_VAR}"/{item.staging_name}'
@@ -105,8 +166,12 @@ def _shquote(value: object) -> str:
 
 
 def make_environment(sandboxed: bool, search_path: Sequence[Path] = ()) -> jinja2.Environment:
-    """The Jinja2 environment for one workload file: strict, and sandboxed for URLs."""
-    cls = jinja2.sandbox.SandboxedEnvironment if sandboxed else jinja2.Environment
+    """The Jinja2 environment for one workload file: strict, and sandboxed for URLs.
+
+    The immutable sandbox also refuses list.append, dict.update and the like, so a
+    template from a URL cannot change `vars` or `proxies` under the other templates.
+    """
+    cls = jinja2.sandbox.ImmutableSandboxedEnvironment if sandboxed else jinja2.Environment
     env = cls(
         undefined=jinja2.StrictUndefined,
         loader=jinja2.FileSystemLoader([str(p) for p in search_path]),
@@ -148,7 +213,8 @@ def variables(
         },
         "mounts": list(ctx.mounts),
         "bare_metal": ctx.bare_metal,
-        "vars": {**workload_vars, **ctx.extra},
+        # A copy for every template, so nothing one template does reaches another.
+        "vars": copy.deepcopy({**workload_vars, **ctx.extra}),
         "proxy_env": proxy_env_lines,
         "proxy_vars": proxy_vars,
         "download": download,
@@ -206,6 +272,34 @@ def render(
         raise UsageError(f"{where}: {_undefined_name(exc)}") from exc
     except jinja2.TemplateError as exc:
         raise UsageError(f"{label}: template error: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - any error inside an expression is the template's
+        # 1/0, "x" + 1, download(1): Python errors raised while the template runs.
+        line = _template_line(exc, template_name)
+        where = label if template_name is None else f"{label} (template {template_name})"
+        if line is not None:
+            where = _where(label, template_name, line, first_line)
+        problem = str(exc).splitlines()[0] if str(exc) else ""
+        problem = problem.replace("Downloads.__call__()", "download()")
+        raise UsageError(
+            f"{where}: {type(exc).__name__} while rendering: {problem}".rstrip(": "),
+            hint="fix the expression in the template",
+        ) from exc
+
+
+def _template_line(exc: BaseException, template_name: str | None) -> int | None:
+    """The template line an exception was raised on (Jinja2 rewrites its tracebacks so
+    template frames carry template lines)."""
+    wanted = "<template>" if template_name is None else None
+    line = None
+    tb = exc.__traceback__
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if filename == wanted or (
+            template_name is not None and filename.endswith("/" + template_name)
+        ):
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
 
 
 def _where(label: str, name: str | None, lineno: int | None, first_line: int | None) -> str:

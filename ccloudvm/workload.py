@@ -1,20 +1,21 @@
 """Workloads: find, validate, inherit, render and merge workload definitions.
 
 A workload file is plain YAML whose string values are Jinja2 templates (docs/workloads.md).
-Loading one is: find it (path, URL, bundled templates/, the user's workloads folder),
-read its `inherits` chain, validate every file with line numbers, render each file's
-templates in its own environment (sandboxed when it came from a URL), and merge the chain
-parent first into one frozen Workload.
+Loading one is: find it (path, URL, the user's workloads folder, bundled templates/),
+read its `inherits` (one parent or a list), validate every file with line numbers,
+linearize the parents (each file once, parents before children, earlier parents before
+later ones), render each file's templates in its own environment (sandboxed when it came
+from a URL), and merge them in that order into one frozen Workload.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import jinja2
@@ -30,6 +31,8 @@ from ccloudvm.templating import variables as template_variables
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 MAX_REMOTE_BYTES = 1 << 20
 CLUSTER_SCRIPTS = ("setup", "verify", "bat", "cleanup", "env")
+DRIVE_FORMAT_RE = re.compile(r"[a-z0-9]+")
+T = TypeVar("T")
 
 # ---------------------------------------------------------------------------- results
 
@@ -153,27 +156,40 @@ def _fetch_url(url: str) -> WorkloadSource:
     return WorkloadSource(name=stem, origin=url, text=text, base_dir=None)
 
 
+def _name_folders(state: StateDir) -> tuple[Path, Path]:
+    """Where names are looked up, in order: the user's own workloads override bundled ones
+    of the same name (as the user's images do)."""
+    return (state.user_workloads, _bundled_dir())
+
+
 def _named_candidates(state: StateDir) -> list[tuple[str, Path]]:
     """(name, path) of every workload found by name, in lookup order."""
     found: list[tuple[str, Path]] = []
-    for folder in (_bundled_dir(), state.user_workloads):
+    for folder in _name_folders(state):
         if folder.is_dir():
             found.extend((p.stem, p) for p in sorted(folder.glob("*.yaml")))
     return found
 
 
-def find_workload(state: StateDir, ref: str) -> WorkloadSource:
-    """A URL or a path as given; else a name in templates/, then <state>/workloads/."""
+def find_workload(state: StateDir, ref: str, *, skip: str | None = None) -> WorkloadSource:
+    """A URL or a path as given; else a name in <state>/workloads/, then templates/.
+
+    `skip` is the origin of a file looking for its parent: your own debian.yaml that says
+    `inherits: debian` extends the bundled debian instead of inheriting itself.
+    """
     if _is_url(ref):
         return _fetch_url(ref)
     if _is_path(ref):
         return _read_path(Path(ref))
     if not NAME_RE.fullmatch(ref):
         raise UsageError(f"invalid workload name {ref!r}", hint="use letters, digits, . _ -")
-    for folder in (_bundled_dir(), state.user_workloads):
-        path = folder / f"{ref}.yaml"
-        if path.is_file():
+    paths = [folder / f"{ref}.yaml" for folder in _name_folders(state)]
+    found = [path for path in paths if path.is_file()]
+    for path in found:
+        if str(path.absolute()) != skip:
             return _read_path(path)
+    if found:  # only the file itself: let the cycle check name it
+        return _read_path(found[0])
     names = sorted({name for name, _ in _named_candidates(state)})
     close = difflib.get_close_matches(ref, names, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
@@ -192,7 +208,7 @@ def _find_parent(state: StateDir, child: WorkloadSource, ref: str) -> WorkloadSo
             return _fetch_url(urljoin(child.origin, ref))
         path = Path(ref).expanduser()
         return _read_path(path if path.is_absolute() else child.base_dir / path)
-    return find_workload(state, ref)
+    return find_workload(state, ref, skip=child.origin)
 
 
 # ---------------------------------------------------------------------------- parsing
@@ -262,7 +278,7 @@ _Types = type | tuple[type, ...]
 
 TOP: dict[str, _Types] = {
     "description": str,
-    "inherits": str,
+    "inherits": (str, list),
     "image": str,
     "needs_nested_vm": bool,
     "vm": dict,
@@ -346,6 +362,13 @@ def _check_map(
 
 def _validate(doc: _Doc) -> None:
     data = _check_map(doc, doc.data, TOP, ())
+    if isinstance(data.get("inherits"), list):
+        for index, parent in enumerate(data["inherits"]):
+            if not isinstance(parent, str) or not parent:
+                raise UsageError(
+                    f"{doc.where(('inherits', index))} must be a workload name, path or URL, "
+                    f"not {parent!r}"
+                )
     vm = data.get("vm") or {}
     _check_map(doc, vm, VM, ("vm",))
     for key, schema in (("mounts", MOUNT), ("drives", DRIVE)):
@@ -391,12 +414,40 @@ def merge_config(parent: Any, child: Any) -> Any:
     return child
 
 
-def _merge_keyed(parent: Sequence[Any], child: Sequence[Any], key: str) -> tuple[Any, ...]:
-    """Merge by key, child wins, order of first appearance kept."""
-    merged: dict[Any, Any] = {getattr(item, key): item for item in parent}
+def merge_replacing(
+    parent: Sequence[T],
+    child: Sequence[T],
+    clash: Callable[[T, T], bool],
+    combine: Callable[[T, T], T] = lambda _old, new: new,
+) -> tuple[T, ...]:
+    """The parent's entries, each replaced in place by a child's entry that clashes with
+    it (`combine(old, new)`: the new one); the child's other entries follow. Nothing that
+    clashes survives twice."""
+    merged = list(parent)
     for item in child:
-        merged[getattr(item, key)] = item
-    return tuple(merged.values())
+        hits = [index for index, old in enumerate(merged) if clash(old, item)]
+        if not hits:
+            merged.append(item)
+            continue
+        merged[hits[0]] = combine(merged[hits[0]], item)
+        for index in reversed(hits[1:]):
+            del merged[index]
+    return tuple(merged)
+
+
+def ports_clash(a: PortSpec, b: PortSpec) -> bool:
+    """The same host port (only one forward can own it) or the same guest port (moved)."""
+    return a.host == b.host or a.guest == b.guest
+
+
+def mounts_clash(a: MountSpec, b: MountSpec) -> bool:
+    """The same tag (when both have one) or the same guest folder."""
+    return bool(a.tag and a.tag == b.tag) or a.guest_path == b.guest_path
+
+
+def _keep_tag(old: MountSpec, new: MountSpec) -> MountSpec:
+    """An untagged mount that replaces a tagged one keeps the tag (scripts may name it)."""
+    return new if new.tag else replace(new, tag=old.tag)
 
 
 def merge_vm(parent: VMSpec, child: VMSpec) -> VMSpec:
@@ -404,10 +455,26 @@ def merge_vm(parent: VMSpec, child: VMSpec) -> VMSpec:
         mem_mib=child.mem_mib if child.mem_mib is not None else parent.mem_mib,
         cpus=child.cpus if child.cpus is not None else parent.cpus,
         disk_gib=child.disk_gib if child.disk_gib is not None else parent.disk_gib,
-        ports=_merge_keyed(parent.ports, child.ports, "guest"),
-        mounts=_merge_keyed(parent.mounts, child.mounts, "tag"),
-        drives=_merge_keyed(parent.drives, child.drives, "path"),
+        ports=merge_replacing(parent.ports, child.ports, ports_clash),
+        mounts=merge_replacing(parent.mounts, child.mounts, mounts_clash, _keep_tag),
+        drives=merge_replacing(parent.drives, child.drives, lambda a, b: a.path == b.path),
     )
+
+
+def _tag_mounts(mounts: Sequence[MountSpec]) -> tuple[MountSpec, ...]:
+    """Give each untagged mount (tag "") the first free tag mount0, mount1, ... once the
+    whole chain is merged, so untagged mounts of different files never collide."""
+    used = {m.tag for m in mounts if m.tag}
+    tagged = []
+    number = 0
+    for mount in mounts:
+        if not mount.tag:
+            while f"mount{number}" in used:
+                number += 1
+            used.add(f"mount{number}")
+            mount = replace(mount, tag=f"mount{number}")
+        tagged.append(mount)
+    return tuple(tagged)
 
 
 # ---------------------------------------------------------------------------- rendering
@@ -460,7 +527,7 @@ class _Level:
         downloads: Downloads | None = None,
     ) -> str:
         label = f"workload {self.doc.src.name} ({self.doc.where(path)})"
-        collector = downloads or Downloads(None, label)
+        collector = downloads or Downloads(None, label, restricted=self.doc.src.remote)
         names = template_variables(self.ctx, self.wvars, collector)
         return render(
             self.env,
@@ -486,7 +553,14 @@ class _Level:
                 )
         ports = []
         for index, port in enumerate(vm.get("ports") or []):
-            ports.append(PortSpec.parse(self.text(("vm", "ports", index), str(port))))
+            where = ("vm", "ports", index)
+            try:
+                ports.append(PortSpec.parse(self.text(where, str(port))))
+            except UsageError as exc:
+                raise UsageError(
+                    f"{doc.where(where)}: {exc.message}",
+                    hint="write HOST:GUEST like '8080:80', or one port for both sides",
+                ) from exc
         mounts = []
         for index, item in enumerate(vm.get("mounts") or []):
             path: tuple[str | int, ...] = ("vm", "mounts", index)
@@ -499,7 +573,8 @@ class _Level:
                     f"{doc.where((*path, 'security_model'))}: unknown 9p security model {model!r}",
                     hint="use one of " + ", ".join(SECURITY_MODELS),
                 )
-            tag = self.text((*path, "tag"), item["tag"]) if item.get("tag") else f"mount{index}"
+            # Untagged mounts get their tag after the chain is merged (_tag_mounts).
+            tag = self.text((*path, "tag"), item["tag"]) if item.get("tag") else ""
             mounts.append(
                 MountSpec(
                     host_path=Path(self.text((*path, "host"), item["host"])).expanduser(),
@@ -512,10 +587,16 @@ class _Level:
         drives = []
         for index, item in enumerate(vm.get("drives") or []):
             path = ("vm", "drives", index)
+            fmt = item.get("format") or "qcow2"
+            if not DRIVE_FORMAT_RE.fullmatch(fmt):
+                raise UsageError(
+                    f"{doc.where((*path, 'format'))}: {fmt!r} is not a disk format",
+                    hint="use a QEMU format name such as qcow2 or raw",
+                )
             drives.append(
                 DriveSpec(
                     path=Path(self.text((*path, "path"), item["path"])).expanduser(),
-                    format=item.get("format") or "qcow2",
+                    format=fmt,
                     options=item.get("options") or "",
                 )
             )
@@ -581,7 +662,7 @@ class _Level:
                     )
                 )
                 continue
-            downloads = Downloads(self.cache_dir, f"step {name!r}")
+            downloads = Downloads(self.cache_dir, f"step {name!r}", restricted=self.doc.src.remote)
             if raw.get("script") is not None:
                 script = self.render((*path, "script"), file=raw["script"], downloads=downloads)
             else:
@@ -679,30 +760,49 @@ def read_ca_cert(path: Path) -> str:
 # ---------------------------------------------------------------------------- loading
 
 
+def _parents(doc: _Doc) -> list[tuple[tuple[str | int, ...], str]]:
+    """(where, ref) of each parent a file names, in the order it names them."""
+    value = doc.data.get("inherits")
+    if not value:
+        return []
+    if isinstance(value, str):
+        return [(("inherits",), value)]
+    return [(("inherits", index), str(ref)) for index, ref in enumerate(value)]
+
+
 def _chain(state: StateDir, ref: str) -> list[_Doc]:
-    """The inheritance chain, root parent first; a cycle is an error naming it."""
-    docs: list[_Doc] = []
-    src = find_workload(state, ref)
-    while True:
-        if any(d.src.origin == src.origin for d in docs):
-            start = next(i for i, d in enumerate(docs) if d.src.origin == src.origin)
-            cycle = " -> ".join([*(d.src.name for d in docs[start:]), src.name])
+    """Every file of the inheritance graph in merge order; a cycle is an error naming it.
+
+    Depth first, parents before their child, a file's parents in the order it lists them,
+    each file once (where two parents share an ancestor, it comes before both). So later
+    parents win over earlier ones, the child over all, and steps run in parent order.
+    """
+    order: list[_Doc] = []
+    merged: set[str] = set()
+
+    def visit(src: WorkloadSource, stack: list[WorkloadSource]) -> None:
+        origins = [s.origin for s in stack]
+        if src.origin in origins:
+            cycle = " -> ".join([*(s.name for s in stack[origins.index(src.origin) :]), src.name])
             raise UsageError(f"inheritance cycle: {cycle}", hint="remove one of the inherits")
+        if src.origin in merged:
+            return
         doc = _Doc(src)
         _validate(doc)
-        docs.append(doc)
-        parent = doc.data.get("inherits")
-        if not parent:
-            break
-        try:
-            src = _find_parent(state, src, parent)
-        except NotFoundError as exc:
-            raise UsageError(
-                f"{doc.where(('inherits',))}: parent workload {parent!r} not found: {exc.message}",
-                hint=exc.hint,
-            ) from exc
-    docs.reverse()
-    return docs
+        for where, parent in _parents(doc):
+            try:
+                parent_src = _find_parent(state, src, parent)
+            except NotFoundError as exc:
+                raise UsageError(
+                    f"{doc.where(where)}: parent workload {parent!r} not found: {exc.message}",
+                    hint=exc.hint,
+                ) from exc
+            visit(parent_src, [*stack, src])
+        merged.add(src.origin)
+        order.append(doc)
+
+    visit(find_workload(state, ref), [])
+    return order
 
 
 def _fragments(
@@ -778,7 +878,7 @@ def load_workload(
         description=description,
         origin=top.src.origin,
         image=image,
-        vm=vm,
+        vm=replace(vm, mounts=_tag_mounts(vm.mounts)),
         needs_nested_vm=nested,
         user_data=user_data,
         provision=tuple(steps),
@@ -805,7 +905,7 @@ def list_workloads(state: StateDir) -> list[tuple[str, str, str]]:
         except (OSError, UnicodeDecodeError, yaml.YAMLError):
             description = "(unreadable: run 'ccloudvm workload show' for the error)"
         if name in seen:
-            description = f"(hidden by the bundled {name}) {description}"
+            description = f"(overridden by your {state.user_workloads / name}.yaml) {description}"
         seen.add(name)
         rows.append((name, description, str(path)))
     return rows

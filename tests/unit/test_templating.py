@@ -121,4 +121,39 @@ def test_bare_metal_user_is_the_host_user() -> None:
         "uid": 0,
         "gid": 0,
         "home": "/root",
+        "gopath": "/root/go",
     }
+
+
+def test_user_gopath_is_the_hosts_except_for_the_guest_of_a_root_host(
+    ctx: TemplateContext,
+) -> None:
+    root = HostUser("root", 0, 0, "root", Path("/root"), Path("/root/go"), "", "")
+    assert TemplateContext(root, "vm", ProxySettings()).user()["gopath"] == "/home/ccloudvm/go"
+    assert ctx.user()["gopath"] == "/home/bob/go"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("ok\n{{ 1/0 }}", r"^test \(line 2\): ZeroDivisionError while rendering: division by zero"),
+        ('{{ "x" + 1 }}', r"TypeError while rendering: can only concatenate str"),
+        ("{{ download(1) }}", r"download\(\) missing 1 required positional argument: 'dest'"),
+        ("{{ vars.a.b }}", r"undefined template variable"),
+    ],
+)
+def test_python_errors_while_rendering_are_one_usage_error(
+    text: str, message: str, ctx: TemplateContext
+) -> None:
+    with pytest.raises(UsageError, match=message) as info:
+        _render(text, ctx, Downloads(None, "t"))
+    assert info.value.exit_code == 2
+
+
+def test_the_immutable_sandbox_refuses_changes(ctx: TemplateContext) -> None:
+    names = variables(ctx, {"l": [1]}, Downloads(None, "t"))
+    env = make_environment(True)
+    for text in ("{{ vars.l.append(2) }}", "{{ proxies.env.update(a=1) }}"):
+        with pytest.raises(UsageError, match="unsafe"):
+            render(env, source=text, label="t", names=names)
+    assert names["vars"]["l"] == [1]

@@ -74,11 +74,29 @@ def write(folder: Path, name: str, text: str) -> Path:
 # ------------------------------------------------------------------ lookup
 
 
-def test_name_lookup_prefers_bundled_then_user_folder(state: StateDir) -> None:
+def test_name_lookup_prefers_the_users_folder_then_bundled(state: StateDir) -> None:
     write(state.user_workloads, "debian.yaml", "description: mine\nimage: x\n")
     write(state.user_workloads, "mine.yaml", "description: only mine\nimage: x\n")
-    assert find_workload(state, "debian").origin == str(resource_dir("templates") / "debian.yaml")
+    assert find_workload(state, "debian").origin == str(state.user_workloads / "debian.yaml")
     assert find_workload(state, "mine").origin == str(state.user_workloads / "mine.yaml")
+    assert find_workload(state, "ubuntu").origin == str(resource_dir("templates") / "ubuntu.yaml")
+
+
+def test_a_users_workload_overrides_a_bundled_name_everywhere(
+    state: StateDir, ctx: TemplateContext
+) -> None:
+    # Your own debian.yaml may extend the bundled one by inheriting its own name...
+    write(
+        state.user_workloads,
+        "debian.yaml",
+        "description: my debian\ninherits: debian\nprovision: [{name: mine, run: 'true'}]\n",
+    )
+    mine = load_workload(state, "debian", ctx)
+    assert mine.description == "my debian" and mine.image == "debian-12"
+    assert [s.name for s in mine.provision] == ["mine"]
+    # ...and bundled workloads that inherit debian get yours too.
+    docker = load_workload(state, "docker", ctx)
+    assert [s.name for s in docker.provision] == ["mine", "Install Docker"]
 
 
 def test_paths_are_taken_as_given(state: StateDir, tmp_path: Path) -> None:
@@ -106,10 +124,11 @@ def test_list_shows_bundled_and_user_workloads(state: StateDir) -> None:
     for name in BUNDLED:
         assert name in names
     assert rows[("mine", str(state.user_workloads / "mine.yaml"))] == "my own"
-    assert (
-        "hidden by the bundled debian"
-        in rows[("debian", str(state.user_workloads / "debian.yaml"))]
-    )
+    assert rows[("debian", str(state.user_workloads / "debian.yaml"))] == "shadowed"
+    bundled = rows[("debian", str(resource_dir("templates") / "debian.yaml"))]
+    assert bundled.startswith(f"(overridden by your {state.user_workloads / 'debian.yaml'})")
+    order = [name for name, _ in rows]
+    assert order.index("mine") < order.index("ubuntu")  # listed in lookup order
 
 
 # ------------------------------------------------------------------ bundled workloads
@@ -137,7 +156,7 @@ def test_debian_stays_minimal(state: StateDir, ctx: TemplateContext) -> None:
 
 def test_ciao_workload_shape(state: StateDir, ctx: TemplateContext, host: HostUser) -> None:
     w = load_workload(state, "ciao", ctx)
-    assert w.chain == ("debian", "go", "ciao")
+    assert w.chain == ("debian", "docker", "go", "ciao")  # debian once, though both inherit it
     assert w.needs_nested_vm is True
     assert (w.vm.mem_mib, w.vm.cpus) == (4096, 2)
     (mount,) = w.vm.mounts
@@ -147,7 +166,11 @@ def test_ciao_workload_shape(state: StateDir, ctx: TemplateContext, host: HostUs
         str(host.gopath),
     )
     names = [s.name for s in w.provision]
-    assert names[0] == "Install Go" and "Install Docker" in names  # parent's steps first
+    assert names[:3] == ["Install Docker", "Install Go", "Install ciao's build and cluster tools"]
+    assert len(names) == len(set(names))  # no step twice
+    checks = [c.name for c in w.checks]
+    assert checks[:2] == ["docker daemon answers", "user is in the docker group"]
+    assert "go toolchain runs" in checks and len(checks) == len(set(checks))
     images = next(s for s in w.provision if s.uploads)
     assert all(u.dest.startswith("~/local/") for u in images.uploads)
     assert all(u.cache_path.parent == state.cache / "downloads" for u in images.uploads)
@@ -313,6 +336,42 @@ user_data: |
         == "http://10.0.2.2:3128 http_proxy=http://10.0.2.2:3128 HTTP_PROXY=http://10.0.2.2:3128"
     )
     assert runcmd[3] == "tagx E"
+
+
+def test_go_and_ciao_on_a_root_host_use_the_guest_users_own_gopath(state: StateDir) -> None:
+    # The guest user of a root host is ccloudvm, who cannot enter the guest's /root.
+    root = HostUser("root", 0, 0, "root", Path("/root"), Path("/root/go"), "", "")
+    w = load_workload(state, "ciao", TemplateContext(root, "vm1", ProxySettings()))
+    (mount,) = w.vm.mounts
+    assert (mount.tag, str(mount.host_path), mount.guest_path) == (
+        "hostgo",
+        "/root/go",
+        "/home/ccloudvm/go",
+    )
+    files = {f["path"]: f["content"] for f in w.user_data["write_files"]}
+    assert "GOPATH=/home/ccloudvm/go\n" in files["/etc/environment"]
+    assert "export GOPATH=/home/ccloudvm/go\n" in files["/etc/profile.d/ccloudvm-go.sh"]
+    fetch = next(s for s in w.provision if s.name == "Fetch ciao into GOPATH")
+    assert not fetch.sudo
+    assert "src=/home/ccloudvm/go/src/github.com/ciao-project/ciao" in (fetch.script or "")
+    assert "/root" not in (fetch.script or "")
+    checks = {c.name: c.run for c in w.checks}
+    assert checks["GOPATH is set"].strip() == 'test "${GOPATH:-}" = /home/ccloudvm/go'
+    assert checks["ciao source is in GOPATH"].strip() == (
+        "test -d /home/ccloudvm/go/src/github.com/ciao-project/ciao"
+    )
+    # On bare metal the steps run as root itself, in root's own GOPATH.
+    metal = TemplateContext(root, "vm1", ProxySettings(), bare_metal=True)
+    fetch = next(s for s in load_workload(state, "ciao", metal).provision if "Fetch" in s.name)
+    assert "src=/root/go/src/github.com/ciao-project/ciao" in (fetch.script or "")
+
+
+def test_ciao_check_quotes_what_it_puts_in_the_shell(state: StateDir, tmp_path: Path) -> None:
+    odd = HostUser("al", 1000, 1000, "al", tmp_path, Path("/home/al/my go;x"), "", "")
+    write(state.user_workloads, "c2.yaml", "inherits: ciao\nvars: {ciao_package: 'a b/$(c)'}\n")
+    w = load_workload(state, "c2", TemplateContext(odd, "vm1", ProxySettings()))
+    run = next(c.run for c in w.checks if c.name == "ciao source is in GOPATH")
+    assert run.strip() == "test -d '/home/al/my go;x/src/a b/$(c)'"
 
 
 def test_root_host_gets_the_ccloudvm_guest_user(state: StateDir, tmp_path: Path) -> None:
@@ -608,3 +667,196 @@ def test_e2e_provision_workload_is_valid_and_cheap(state: StateDir, ctx: Templat
     assert len(w.provision) == 2 and len(w.checks) == 1
     assert dict(w.provision[1].env) == {"E2E_GREETING": "hello from vm1"}
     assert not any("apt-get" in (s.script or "") for s in w.provision)
+
+
+# ------------------------------------------------------------------ merging: keys, several parents
+
+
+def test_untagged_mounts_of_parent_and_child_both_survive(
+    state: StateDir, ctx: TemplateContext
+) -> None:
+    write(
+        state.user_workloads,
+        "p.yaml",
+        "image: x\nvm:\n  mounts: [{host: /tmp, guest: /a}, {host: /srv/x, guest: /x, tag: data}]\n",
+    )
+    write(
+        state.user_workloads,
+        "c.yaml",
+        "inherits: p\nvm:\n  mounts: [{host: /srv, guest: /b}, {host: /opt, guest: /x}]\n",
+    )
+    w = load_workload(state, "c", ctx)
+    # /a and /b both stay; the child's /x replaces the parent's /x (same guest folder)
+    # and keeps its tag; untagged mounts get free tags once everything is merged.
+    assert [(str(m.host_path), m.guest_path, m.tag) for m in w.vm.mounts] == [
+        ("/tmp", "/a", "mount0"),
+        ("/opt", "/x", "data"),
+        ("/srv", "/b", "mount1"),
+    ]
+    assert len({m.tag for m in w.vm.mounts}) == 3
+
+
+def test_ports_merge_by_host_port_and_by_guest_port(state: StateDir, ctx: TemplateContext) -> None:
+    write(state.user_workloads, "p.yaml", "image: x\nvm:\n  ports: ['8080:80', '9000:90', 22]\n")
+    write(state.user_workloads, "c.yaml", "inherits: p\nvm:\n  ports: ['8080:443', '9001:90']\n")
+    w = load_workload(state, "c", ctx)
+    # 8080 can only be forwarded once: the child's wins; guest 90 moved to host port 9001.
+    assert [str(p) for p in w.vm.ports] == ["8080:443", "9001:90", "22:22"]
+
+
+def test_inherits_a_list_of_parents(state: StateDir, ctx: TemplateContext) -> None:
+    folder = state.user_workloads
+    write(
+        folder,
+        "root.yaml",
+        "image: x\nvars: {who: root}\nprovision: [{name: root step, run: 'true'}]\n",
+    )
+    write(
+        folder,
+        "left.yaml",
+        "inherits: root\ndescription: left\nvm: {mem: 1024, cpus: 1}\n"
+        "vars: {who: left, l: 1}\nprovision: [{name: left step, run: 'true'}]\n",
+    )
+    write(
+        folder,
+        "right.yaml",
+        "inherits: root\nvm: {mem: 2048}\nvars: {who: right}\n"
+        "provision: [{name: right step, run: 'true'}]\n",
+    )
+    write(
+        folder,
+        "child.yaml",
+        "inherits: [left, right]\nvm: {cpus: 2}\n"
+        "provision: [{name: child step, run: 'echo {{ vars.who }} {{ vars.l }}'}]\n",
+    )
+    w = load_workload(state, "child", ctx)
+    assert w.chain == ("root", "left", "right", "child")
+    # the shared ancestor's step runs once, then each parent's in the order listed
+    assert [s.name for s in w.provision] == ["root step", "left step", "right step", "child step"]
+    assert (w.vm.mem_mib, w.vm.cpus) == (2048, 2)  # later parent over earlier, child over all
+    assert w.description == "left"
+    assert (w.provision[-1].script or "").strip() == "echo right 1"
+    assert yaml.safe_load(render_workload_yaml(w))["inherits"] == "root -> left -> right -> child"
+
+
+def test_a_cycle_through_a_list_of_parents_is_named(state: StateDir, ctx: TemplateContext) -> None:
+    write(state.user_workloads, "a.yaml", "image: x\ninherits: [debian, b]\n")
+    write(state.user_workloads, "b.yaml", "inherits: [a]\n")
+    with pytest.raises(UsageError, match=r"inheritance cycle: a -> b -> a"):
+        load_workload(state, "a", ctx)
+
+
+def test_a_missing_parent_in_a_list_names_its_line(state: StateDir, ctx: TemplateContext) -> None:
+    path = write(state.user_workloads, "m.yaml", "image: x\ninherits:\n  - debian\n  - debain\n")
+    with pytest.raises(UsageError, match=r"parent workload 'debain' not found") as info:
+        load_workload(state, "m", ctx)
+    assert f"{path} line 4: inherits[1]" in info.value.message
+    assert "did you mean 'debian'" in str(info.value)
+
+
+# ------------------------------------------------------------------ more bad input
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("image: x\nvm:\n  ports: [abc]\n", r"line 3: vm.ports\[0\]: invalid port 'abc'"),
+        ("image: x\nvm:\n  ports:\n    - 1:99999\n", r"line 4: vm.ports\[0\]: port 99999"),
+        ("image: x\ninherits: [debian, 3]\n", r"line 2: inherits\[1\] must be a workload name"),
+        ("image: x\ninherits: {a: 1}\n", r"inherits must be a string or a list"),
+        (
+            "image: x\nvm:\n  drives: [{path: /d.img, format: 'raw,x=1'}]\n",
+            r"vm.drives\[0\].format: 'raw,x=1' is not a disk format",
+        ),
+        ("image: x\nprovision: [{name: s, run: '{{ 1/0 }}'}]\n", r"ZeroDivisionError"),
+        ("image: x\nuser_data: 'a: {{ \"x\" + 1 }}'\n", r"TypeError while rendering: can only"),
+        (
+            "image: x\nprovision: [{name: s, run: '{{ download(1) }}'}]\n",
+            r"download\(\) missing 1 required positional argument",
+        ),
+    ],
+)
+def test_more_bad_input_is_one_clear_usage_error(
+    text: str, message: str, state: StateDir, ctx: TemplateContext
+) -> None:
+    path = write(state.user_workloads, "bad.yaml", text)
+    with pytest.raises(UsageError, match=message) as info:
+        load_workload(state, "bad", ctx)
+    assert info.value.exit_code == 2
+    assert "\n" not in str(info.value)
+    assert str(path) in info.value.message
+    assert "--port" not in str(info.value)
+
+
+def test_a_python_error_in_a_template_file_names_the_file_and_line(
+    state: StateDir, ctx: TemplateContext
+) -> None:
+    write(state.user_workloads / "provision", "z.sh.j2", "echo ok\necho {{ 1 // 0 }}\n")
+    write(
+        state.user_workloads,
+        "z.yaml",
+        "image: x\nprovision: [{name: s, script: provision/z.sh.j2}]\n",
+    )
+    with pytest.raises(UsageError, match=r"provision/z.sh.j2 line 2\): ZeroDivisionError"):
+        load_workload(state, "z", ctx)
+
+
+# ------------------------------------------------------------------ URL workloads: immutable, no private downloads
+
+
+@pytest.mark.parametrize(
+    "expression",
+    ["{{ vars.tenant_images.append(1) }}", "{{ proxies.env.clear() }}", "{{ vars.update(a=1) }}"],
+)
+def test_url_workload_cannot_change_shared_values(
+    expression: str, served: tuple[str, Path], state: StateDir, ctx: TemplateContext
+) -> None:
+    url, root = served
+    write(root, "mut.yaml", f"inherits: ciao\nprovision: [{{name: s, run: '{expression}'}}]\n")
+    with pytest.raises(UsageError, match="unsafe template access"):
+        load_workload(state, f"{url}/mut.yaml", ctx)
+
+
+def test_local_templates_cannot_change_what_other_templates_see(
+    state: StateDir, ctx: TemplateContext
+) -> None:
+    write(
+        state.user_workloads,
+        "m.yaml",
+        "image: x\nvars: {lst: [a]}\nprovision:\n"
+        '  - {name: one, run: \'{{ vars.lst.append("b") }}{{ vars.lst | join(",") }}\'}\n'
+        "  - {name: two, run: '{{ vars.lst | join(\",\") }}'}\n",
+    )
+    w = load_workload(state, "m", ctx)
+    assert [(s.script or "").strip() for s in w.provision] == ["Nonea,b", "a"]
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["http://127.0.0.1:9/x", "http://localhost/x", "http://10.1.2.3/x", "http://169.254.169.254/x",
+     "http://192.168.1.1/x", "http://[::1]/x", "http://0.0.0.0/x"],
+)  # fmt: skip
+def test_url_workload_cannot_download_from_private_addresses(
+    target: str, served: tuple[str, Path], state: StateDir, ctx: TemplateContext
+) -> None:
+    url, root = served
+    write(
+        root,
+        "dl.yaml",
+        f'image: x\nprovision: [{{name: s, run: \'{{{{ download("{target}", "/x") }}}}\'}}]\n',
+    )
+    with pytest.raises(UsageError, match="may not fetch from .*loopback, link-local or private"):
+        load_workload(state, f"{url}/dl.yaml", ctx)
+
+
+def test_private_downloads_are_fine_from_local_and_public_ones_from_urls(
+    served: tuple[str, Path], state: StateDir, ctx: TemplateContext
+) -> None:
+    url, root = served
+    step = 'provision: [{name: s, run: \'{{ download("%s", "/x") }}\'}]\n'
+    write(state.user_workloads, "local.yaml", "image: x\n" + step % "http://127.0.0.1:9/x")
+    (item,) = load_workload(state, "local", ctx).provision[0].uploads
+    assert item.restricted is False
+    write(root, "pub.yaml", "image: x\n" + step % "http://93.184.216.34/img")
+    (item,) = load_workload(state, f"{url}/pub.yaml", ctx).provision[0].uploads
+    assert item.restricted is True and item.url == "http://93.184.216.34/img"
