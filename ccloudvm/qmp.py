@@ -4,12 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from pathlib import Path
 from typing import Any
 
-from qemu.qmp import QMPClient
+from qemu.qmp import ConnectError, QMPClient
 
 from ccloudvm.errors import CcloudvmError
+
+_log = logging.getLogger(__name__)
+
+
+class _OnlyWhenDebugging(logging.Filter):
+    """qemu.qmp logs a failed connection as an error of its own; ccloudvm reports it once,
+    as QMPUnavailable, so the library's lines are shown only under --debug."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+_log.addFilter(_OnlyWhenDebugging())
 
 
 class QMPUnavailable(CcloudvmError):
@@ -18,6 +32,7 @@ class QMPUnavailable(CcloudvmError):
 
 async def _execute(socket: Path, command: str, args: dict[str, Any] | None, timeout: float) -> Any:
     client = QMPClient("ccloudvm")
+    client.logger = _log
     try:
         await asyncio.wait_for(client.connect(str(socket)), timeout)
         return await asyncio.wait_for(client.execute(command, args), timeout)
@@ -31,7 +46,7 @@ def execute(
     """Run one QMP command on the monitor at `socket` and return its result."""
     try:
         return asyncio.run(_execute(socket, command, args, timeout))
-    except (TimeoutError, OSError, ConnectionError) as exc:
+    except (TimeoutError, OSError, ConnectionError, ConnectError) as exc:
         raise QMPUnavailable(f"QEMU's monitor at {socket} did not answer: {exc}") from exc
     except Exception as exc:  # qemu.qmp raises its own ConnectError/ExecuteError types
         raise QMPUnavailable(f"QMP command {command} failed: {exc}") from exc
