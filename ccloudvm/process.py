@@ -16,12 +16,14 @@ def read_pid(pidfile: Path) -> int | None:
 
 
 def is_qemu_of(pid: int, marker: Path) -> bool:
-    """True if `pid` is alive and is the QEMU started for the instance whose files are at `marker`."""
+    """True if `pid` is alive and is the QEMU started for the instance whose files are in
+    the folder `marker`: its command line names files in that folder (its -pidfile at
+    least). The trailing slash keeps instance "dev" from claiming the QEMU of "dev2"."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return b"qemu-system" in cmdline and str(marker).encode() in cmdline
+    return b"qemu-system" in cmdline and f"{marker}/".encode() in cmdline
 
 
 def running_pid(pidfile: Path, marker: Path) -> int | None:
