@@ -10,6 +10,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from ccloudvm.errors import CcloudvmError
+
 # When the host user is root (CI, containers), the guest gets this ordinary user instead
 # of logging in as the guest's root.
 ROOT_HOST_GUEST_USER = "ccloudvm"
@@ -94,16 +96,24 @@ class HostResources:
         return max(1, min(8, self.cpus // 2))
 
     def default_mem_mib(self) -> int:
-        """Half the host's memory, at least 1 GiB and at most 8 GiB."""
-        return max(1024, min(8192, self.mem_mib // 2))
+        """Half the host's memory, at least 1 GiB and at most 8 GiB, and never more than
+        the host has (a host of less than 1 GiB)."""
+        return min(self.mem_mib, max(1024, min(8192, self.mem_mib // 2)))
 
 
-def host_resources() -> HostResources:
-    cpus = os.cpu_count() or 1
-    mem_kib = 0
-    with open("/proc/meminfo", encoding="ascii") as meminfo:
-        for line in meminfo:
-            if line.startswith("MemTotal:"):
-                mem_kib = int(line.split()[1])
-                break
+def host_resources(cpus: int | None = None, meminfo: Path = Path("/proc/meminfo")) -> HostResources:
+    """This host's CPUs and memory; `cpus` and `meminfo` stand in for the host's own."""
+    try:
+        text = meminfo.read_text(encoding="ascii", errors="replace")
+    except OSError as exc:
+        raise CcloudvmError(f"cannot read the host's memory size from {meminfo}: {exc}") from exc
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and fields[0] == "MemTotal:" and fields[1].isdigit():
+            mem_kib = int(fields[1])
+            break
+    else:
+        raise CcloudvmError(f"cannot read the host's memory size: no MemTotal in {meminfo}")
+    if cpus is None:
+        cpus = os.cpu_count() or 1
     return HostResources(cpus=cpus, mem_mib=mem_kib // 1024)
