@@ -1,0 +1,84 @@
+"""`ccloudvm setup` on a host whose programs are stand-ins in a folder on PATH.
+
+The stand-in apt-get records how it was called and "installs" by creating the missing
+programs, so setup is checked end to end without touching the real host.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ccloudvm import hostsetup
+from ccloudvm.errors import CcloudvmError
+from ccloudvm.paths import StateDir
+
+APT_GET = """#!/bin/sh
+echo "$DEBIAN_FRONTEND: $*" >> {log}
+if [ "$1" = install ]; then
+    for program in {programs}; do
+        printf '#!/bin/sh\\n' > {bin}/$program
+        /bin/chmod +x {bin}/$program
+    done
+fi
+"""
+SUDO = """#!/bin/sh
+[ "$1" = -n ] && shift
+exec "$@"
+"""
+
+
+def _program(folder: Path, name: str, text: str = "#!/bin/sh\n") -> None:
+    path = folder / name
+    path.write_text(text)
+    path.chmod(0o755)
+
+
+@pytest.fixture
+def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A PATH holding only the stand-ins; acceleration fixed, so the report is this test's."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    monkeypatch.setenv("PATH", str(folder))
+    monkeypatch.setenv("CCLOUDVM_ACCEL", "tcg")
+    return folder
+
+
+def test_check_reports_what_is_missing_and_installs_nothing(
+    host: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("qemu-system-x86_64", "qemu-img", "ssh"):
+        _program(host, name)
+    _program(host, "apt-get", "#!/bin/sh\nexit 99\n")  # must not be called
+    report = hostsetup.setup(StateDir(tmp_path / "home"), install=False)
+    assert report["missing"] == ["mmdebstrap", "mkfs.ext4", "ip", "dnsmasq"]
+    assert report["accel"] == "tcg" and report["nested"] is False
+    err = capsys.readouterr().err
+    assert "qemu-img             ok       makes instance disks" in err
+    assert "mmdebstrap           missing  builds Debian images locally" in err
+    assert "acceleration: TCG (software emulation chosen by the user)" in err
+    assert (tmp_path / "home/instances").is_dir()
+
+
+def test_install_asks_apt_get_for_the_packages_of_missing_programs(
+    host: Path, tmp_path: Path
+) -> None:
+    log = tmp_path / "apt-get.log"
+    programs = " ".join(hostsetup.NEEDED)
+    _program(host, "apt-get", APT_GET.format(log=log, programs=programs, bin=host))
+    _program(host, "sudo", SUDO)  # used only when the tests do not run as root
+    _program(host, "qemu-img")
+    report = hostsetup.setup(StateDir(tmp_path / "home"), install=True)
+    assert report["missing"] == []
+    assert log.read_text().splitlines() == [
+        "noninteractive: update -q",
+        "noninteractive: install -y -q dnsmasq-base e2fsprogs iproute2 mmdebstrap openssh-client qemu-system-x86",
+    ]
+
+
+def test_without_apt_get_it_says_what_to_install(host: Path, tmp_path: Path) -> None:
+    _program(host, "qemu-img")
+    with pytest.raises(CcloudvmError, match="missing: qemu-system-x86_64, ssh") as info:
+        hostsetup.setup(StateDir(tmp_path / "home"), install=True)
+    assert info.value.hint == "install them with your distribution's package manager"
