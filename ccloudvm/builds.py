@@ -107,6 +107,7 @@ def save_instance(
                 kernel=Path(inst.image.kernel) if inst.image.kernel else None,
                 initrd=Path(inst.image.initrd) if inst.image.initrd else None,
                 cmdline=inst.image.cmdline,
+                warm_boot=inst.image.warm_boot,
             )  # fmt: skip
         except CommandFailed as exc:
             _raise_disk_full(exc, f"saving {image_name}")

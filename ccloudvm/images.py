@@ -57,6 +57,7 @@ class BaseImage:
     initrd: Path | None
     cmdline: str | None
     kind: str  # "built" | "downloaded" | "saved"
+    warm_boot: bool = False  # its cloud-init unit waits for a seed (ccloudvm.warmboot)
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class ImageDefinition:
     source: DownloadSource | None
     build: BuildRecipe | None
     cmdline: str | None
+    warm_boot: bool = False
 
     @property
     def kind(self) -> str:
@@ -150,7 +152,10 @@ def _parse_definition(name: str, origin: str, path: Path) -> ImageDefinition:
     boot = data.get("boot") or {}
     if not isinstance(boot, dict):
         raise _bad(where, "'boot' is not a mapping")
-    _only_keys(boot, {"cmdline"}, f"{where}: boot")
+    _only_keys(boot, {"cmdline", "warm"}, f"{where}: boot")
+    warm = boot.get("warm", False)
+    if not isinstance(warm, bool):
+        raise _bad(where, "'boot.warm' is not true or false")
     cmdline = boot.get("cmdline")
     if cmdline is not None and not isinstance(cmdline, str):
         raise _bad(where, "'boot.cmdline' is not a string")
@@ -166,6 +171,7 @@ def _parse_definition(name: str, origin: str, path: Path) -> ImageDefinition:
         source=source,
         build=build,
         cmdline=cmdline,
+        warm_boot=warm,
     )
 
 
@@ -238,7 +244,7 @@ def ensure_image(state: StateDir, name: str) -> BaseImage:
             if not (directory / METADATA).is_file():  # another process may have made it
                 _remove_stale_tmp(state)
                 _assemble(state, definition, directory)
-    return _read_image(directory, cmdline=definition.cmdline)
+    return _read_image(directory, cmdline=definition.cmdline, warm_boot=definition.warm_boot)
 
 
 def cached_images(state: StateDir) -> list[BaseImage]:
@@ -258,7 +264,10 @@ def cached_images(state: StateDir) -> list[BaseImage]:
 
 
 def remove_image(image: BaseImage) -> None:
-    """Delete one cached image (instances made from it need it: check before calling)."""
+    """Delete one cached image and its warm-boot snapshots (instances made from it need
+    it: check before calling)."""
+    warm = image.directory.parent.parent / "warm" / image.directory.name
+    shutil.rmtree(warm, ignore_errors=True)
     shutil.rmtree(image.directory)
 
 
@@ -270,6 +279,7 @@ def save_image(
     kernel: Path | None = None,
     initrd: Path | None = None,
     cmdline: str | None = None,
+    warm_boot: bool = False,
 ) -> BaseImage:
     """Store an instance's disk as image `name` (flattened: no backing file needed)."""
     if not _NAME.match(name):
@@ -285,7 +295,13 @@ def save_image(
                         shutil.copyfile(src, tmp / dst)
             files = _describe_files(tmp)
             key = _hash_json(files)[:16]
-            meta = {"name": name, "kind": "saved", "key": key, "cmdline": cmdline}
+            meta = {
+                "name": name,
+                "kind": "saved",
+                "key": key,
+                "cmdline": cmdline,
+                "warm_boot": warm_boot,
+            }
             directory = images_dir(state) / f"{name}-{key}"
             if not directory.exists():
                 _install(tmp, directory, meta, files)
@@ -318,6 +334,7 @@ def _assemble(state: StateDir, definition: ImageDefinition, directory: Path) -> 
         "key": definition.key,
         "description": definition.description,
         "cmdline": definition.cmdline,
+        "warm_boot": definition.warm_boot,
         "definition": str(definition.path),
     }
     with _staging(state, definition.name) as tmp:
@@ -425,7 +442,9 @@ def _read_meta(directory: Path) -> dict[str, Any]:
     return meta
 
 
-def _read_image(directory: Path, cmdline: str | None = None) -> BaseImage:
+def _read_image(
+    directory: Path, cmdline: str | None = None, warm_boot: bool | None = None
+) -> BaseImage:
     meta = _read_meta(directory)
     kernel, initrd = directory / KERNEL, directory / INITRD
     return BaseImage(
@@ -437,6 +456,7 @@ def _read_image(directory: Path, cmdline: str | None = None) -> BaseImage:
         initrd=initrd if initrd.is_file() else None,
         cmdline=cmdline if cmdline is not None else meta.get("cmdline"),
         kind=str(meta["kind"]),
+        warm_boot=bool(meta.get("warm_boot")) if warm_boot is None else warm_boot,
     )
 
 

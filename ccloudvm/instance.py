@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ccloudvm import accel, images, keys, process, qemu, qmp, ready, seed, ui
+from ccloudvm import accel, images, keys, process, qemu, qmp, ready, seed, ui, warmboot
 from ccloudvm.errors import CcloudvmError, StateError, UsageError
 from ccloudvm.hostinfo import HostUser, host_resources, host_user
 from ccloudvm.instance_state import (
@@ -144,7 +144,7 @@ def _disk_virtual_size_gib(disk: Path) -> float:
 
 
 def _machine(
-    files: InstanceFiles, inst: InstanceState, acc: accel.Acceleration
+    state: StateDir, files: InstanceFiles, inst: InstanceState, acc: accel.Acceleration
 ) -> qemu.MachineConfig:
     boot = None
     if inst.image.kernel:
@@ -167,7 +167,11 @@ def _machine(
         serial_log=files.serial,
         pidfile=files.pidfile,
         ports=tuple(inst.port_specs()),
-        mounts=tuple(inst.mount_specs()),
+        mounts=tuple(
+            warmboot.pad_mounts(state, inst.mount_specs(), inst.mount_slots)
+            if inst.mount_slots
+            else inst.mount_specs()
+        ),
         boot=boot,
         extra_drives=tuple(inst.drives),
     )
@@ -185,9 +189,16 @@ def _acceleration(state: StateDir, inst: InstanceState) -> accel.Acceleration:
     return acc
 
 
-def _launch(state: StateDir, files: InstanceFiles, inst: InstanceState) -> None:
+def _launch(
+    state: StateDir,
+    files: InstanceFiles,
+    inst: InstanceState,
+    acc: accel.Acceleration | None = None,
+    restore: warmboot.Snapshot | None = None,
+) -> None:
+    """Start QEMU for the instance: a cold boot, or a warm one from `restore`."""
     qemu_bin = require_tool("qemu-system-x86_64")
-    acc = _acceleration(state, inst)
+    acc = acc or _acceleration(state, inst)
     for stale in (files.qmp, files.pidfile):
         stale.unlink(missing_ok=True)
     if files.serial.exists():
@@ -195,7 +206,9 @@ def _launch(state: StateDir, files: InstanceFiles, inst: InstanceState) -> None:
     if not port_free(inst.host_ip, inst.ssh_port):
         inst.ssh_port = pick_ssh_port(inst.host_ip, inst.ssh_port + 1)
     _check_ports(inst.port_specs(), inst.host_ip)
-    argv = qemu.command_line(qemu_bin, _machine(files, inst, acc))
+    argv = qemu.command_line(qemu_bin, _machine(state, files, inst, acc))
+    if restore is not None:
+        argv += ["-incoming", "defer"]
     inst.accel_used = acc.accel
     inst.desired = "running"
     save_state(files, inst)
@@ -209,6 +222,8 @@ def _launch(state: StateDir, files: InstanceFiles, inst: InstanceState) -> None:
             hint="run with --debug to see the QEMU command line",
         )
     files.qmp.parent.chmod(0o700)
+    if restore is not None:
+        warmboot.restore(files.qmp, restore, inst.disk_gib * 2**30)
 
 
 def _wait_ready(
@@ -274,6 +289,12 @@ def create(state: StateDir, req: CreateRequest) -> InstanceState:
             f"--disk {disk} GiB is smaller than the image {req.image} ({_disk_virtual_size_gib(base.disk):.1f} GiB)"
         )
 
+    # Images whose guest can wait for its seed start from a snapshot (ccloudvm.warmboot);
+    # their instances get the fixed mount slots such a snapshot's guest already knows.
+    slots = warmboot.MOUNT_SLOTS if warmboot.fits(base, mounts, req.drives) else 0
+    if slots:
+        mounts = warmboot.slot_mounts(mounts)
+
     files = files_of(state, name)
     made_dir = False
     launched = False
@@ -282,21 +303,6 @@ def create(state: StateDir, req: CreateRequest) -> InstanceState:
         made_dir = True
         files.dir.chmod(0o700)
         with instance_lock(files):
-            run(
-                [
-                    "qemu-img",
-                    "create",
-                    "-q",
-                    "-f",
-                    "qcow2",
-                    "-F",
-                    "qcow2",
-                    "-b",
-                    base.disk,
-                    files.disk,
-                    f"{disk}G",
-                ]
-            )
             user_key = keys.ensure_user_key(state)
             host_key = keys.generate_ed25519(f"ccloudvm-{name}")
             keys.write_keypair(host_key, files.host_key)
@@ -310,6 +316,7 @@ def create(state: StateDir, req: CreateRequest) -> InstanceState:
                     kernel=str(base.kernel) if base.kernel else None,
                     initrd=str(base.initrd) if base.initrd else None,
                     cmdline=base.cmdline,
+                    warm_boot=base.warm_boot,
                 ),  # fmt: skip
                 mem_mib=mem,
                 cpus=cpus,
@@ -324,6 +331,7 @@ def create(state: StateDir, req: CreateRequest) -> InstanceState:
                 drives=list(req.drives),
                 workload_ref=req.workload_ref or req.workload,
                 propagate_proxy=req.propagate_proxy,
+                mount_slots=slots,
             )
             files.known_hosts.write_text(
                 known_hosts_line(inst.host_ip, inst.ssh_port, host_key.public_openssh) + "\n"
@@ -346,17 +354,59 @@ def create(state: StateDir, req: CreateRequest) -> InstanceState:
                 ),
                 instance_id,
             )
+            acc = _acceleration(state, inst)
+            snapshot = _warm_snapshot(state, files, inst, base, acc)
+            _make_overlay(files.disk, snapshot.disk if snapshot else base.disk, disk, snapshot)
+            inst.warm_snapshot = str(snapshot.directory) if snapshot else None
             save_state(files, inst)
             # A QEMU that refuses to start leaves nothing worth keeping; a guest that
             # started but is not ready stays for `logs` and `connect`.
-            _launch(state, files, inst)
+            try:
+                _launch(state, files, inst, acc, restore=snapshot)
+            except warmboot.WarmBootFailed as exc:
+                ui.warn(f"{name} could not start from the warm-boot snapshot ({exc}); booting cold")
+                _force_off(files)
+                _make_overlay(files.disk, base.disk, disk, None)
+                inst.warm_snapshot = None
+                save_state(files, inst)
+                _launch(state, files, inst, acc)
             launched = True
             _wait_ready(state, files, inst, req.timeout).close()
             return inst
     except BaseException:
         if made_dir and not launched:
+            _force_off(files)
             shutil.rmtree(files.dir, ignore_errors=True)
         raise
+
+
+def _warm_snapshot(
+    state: StateDir,
+    files: InstanceFiles,
+    inst: InstanceState,
+    base: images.BaseImage,
+    acc: accel.Acceleration,
+) -> warmboot.Snapshot | None:
+    """The snapshot to start this new instance from, made first if needed; None: boot cold."""
+    if not inst.mount_slots or not warmboot.enabled():
+        return None
+    if not warmboot.pad_seed(files.seed):
+        ui.info(f"{inst.name}'s cloud-init seed is too big for a warm boot; booting cold")
+        return None
+    try:
+        return warmboot.ensure_snapshot(state, base, _machine(state, files, inst, acc))
+    except warmboot.WarmBootFailed as exc:
+        ui.warn(f"no warm-boot snapshot of {base.name} ({exc}); booting {inst.name} cold")
+        return None
+
+
+def _make_overlay(
+    disk: Path, backing: Path, size_gib: int, snapshot: warmboot.Snapshot | None
+) -> None:
+    # On a snapshot the overlay keeps the size the guest saw; the restore grows it.
+    size = [] if snapshot is not None else [f"{size_gib}G"]
+    disk.unlink(missing_ok=True)
+    run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", backing, disk, *size])
 
 
 def start(state: StateDir, name: str, timeout: float = BOOT_TIMEOUT) -> InstanceState:

@@ -84,6 +84,7 @@ class ImageRef:
     kernel: str | None = None
     initrd: str | None = None
     cmdline: str | None = None
+    warm_boot: bool = False
 
 
 @dataclass
@@ -108,6 +109,10 @@ class InstanceState:
     desired: str = "running"
     provisioned: bool = False
     accel_used: str = ""
+    # Warm-boot layout (ccloudvm.warmboot): this many 9p slots, spares padded; and the
+    # snapshot directory the disk overlay is backed by, when it was restored from one.
+    mount_slots: int = 0
+    warm_snapshot: str | None = None
     workload_ref: str = ""  # what the user named: a bundled name, a path or a URL
     propagate_proxy: bool = True
 

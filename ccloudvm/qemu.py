@@ -65,11 +65,14 @@ def command_line(qemu: str, cfg: MachineConfig) -> list[str]:
         "-daemonize",
         # Tell cloud-init its datasource up front, so it does not search for one.
         "-smbios", "type=1,serial=ds=nocloud",
-        "-drive", f"file={escape(cfg.disk)},if=virtio,format=qcow2,discard=unmap",
-        "-drive", f"file={escape(cfg.seed)},if=virtio,media=cdrom,readonly=on,format=raw",
+        "-drive", f"id=disk,file={escape(cfg.disk)},if=virtio,format=qcow2,discard=unmap",
+        "-drive", f"id=seed,file={escape(cfg.seed)},if=virtio,media=cdrom,readonly=on,format=raw",
         "-netdev", "user,id=net0," + ",".join(forwards),
         "-device", f"virtio-net-pci,netdev=net0,mac={GUEST_MAC}",
         "-device", "virtio-rng-pci",
+        # A new generation ID on every start: a guest restored from a warm-boot snapshot
+        # reseeds its random number generator instead of repeating the snapshot's.
+        "-device", "vmgenid",
     ]  # fmt: skip
     for mount in cfg.mounts:
         argv += [

@@ -55,8 +55,9 @@ def wait_for_marker(
     is_alive: Callable[[], bool],
     on_stage: Callable[[str], None],
     name: str,
+    marker: str = READY_MARKER,
 ) -> None:
-    """Follow the serial log until cloud-init's ready marker appears."""
+    """Follow the serial log until `marker` (by default cloud-init's ready marker) appears."""
     offset = 0
     buffer = ""
     while True:
@@ -69,7 +70,7 @@ def wait_for_marker(
             chunk = ""
         if chunk:
             buffer = (buffer + chunk)[-20000:]
-            if READY_MARKER in buffer:
+            if marker in buffer:
                 return
             stage = current_stage(buffer)
             if stage:

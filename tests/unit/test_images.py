@@ -78,6 +78,8 @@ def test_bundled_definitions_parse(state: StateDir) -> None:
     assert ubuntu.kind == "download" and ubuntu.source is not None
     assert ubuntu.source.sha256sums is not None
     assert len(debian.key) == 16 and debian.key != ubuntu.key
+    # Our own image's cloud-init unit can wait for a seed; a stock cloud image's cannot.
+    assert debian.warm_boot and not ubuntu.warm_boot
 
 
 def test_user_definition_overrides_bundled(state: StateDir) -> None:
@@ -110,6 +112,7 @@ def test_unknown_name_lists_the_available_ones(state: StateDir) -> None:
             "source:\n  disk: http://x/y.img\n  sha256sums: http://x/S\nboot: {cmdline: q}\n",
             "kernel",
         ),
+        ("build:\n  suite: bookworm\n  packages: [bash]\nboot: {warm: maybe}\n", "boot.warm"),
     ],
 )
 def test_bad_definitions_are_usage_errors(state: StateDir, text: str, complaint: str) -> None:
@@ -282,8 +285,9 @@ def test_saved_image_is_found_by_name(state: StateDir, tmp_path: Path) -> None:
         ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base), str(overlay)],  # noqa: S607
         check=True,
     )
-    saved = images.save_image(state, "my-dev", overlay, cmdline="root=/dev/vda")
+    saved = images.save_image(state, "my-dev", overlay, cmdline="root=/dev/vda", warm_boot=True)
     assert saved.kind == "saved" and saved.cmdline == "root=/dev/vda"
+    assert saved.warm_boot, "an image saved from a warm-capable instance stays warm-capable"
     info = subprocess.run(  # noqa: S603
         ["qemu-img", "info", "--output=json", str(saved.disk)],  # noqa: S607
         check=True,

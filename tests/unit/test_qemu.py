@@ -38,6 +38,10 @@ def test_sizes_accel_qmp_serial_and_daemonize() -> None:
     assert _option(argv, "-serial") == ["file:/s/i/dev/serial.log"]
     assert "-daemonize" in argv and "-nodefaults" in argv
     assert "virtio-rng-pci" in _option(argv, "-device")
+    # A new VM generation ID each start: a guest restored from a snapshot reseeds its RNG.
+    assert "vmgenid" in _option(argv, "-device")
+    # Named drives: a warm boot grows the disk over QMP by its name.
+    assert [d.split(",")[0] for d in _option(argv, "-drive")] == ["id=disk", "id=seed"]
 
 
 def test_mounts_become_9p_devices_with_escaped_paths() -> None:
