@@ -57,19 +57,14 @@ def _vm_action(action: str) -> click.Command:
 @click.group("baremetal")
 def baremetal_group() -> None:
     """Run a workload's cluster on this host, in a network namespace of its own, so the
-    host's links, routes and firewall stay untouched (--no-isolation: in the host's)."""
+    host's links, routes and firewall stay untouched (setup --no-isolation: in the host's)."""
 
 
 def _host_action(action: str) -> click.Command:
     @click.argument("workload")
     @click.option("--name", help="Cluster name (default: the workload's name).")
-    @click.option(
-        "--no-isolation",
-        is_flag=True,
-        help="setup: use the host's network namespace; firewall rules are journaled and removed by cleanup.",
-    )
     @click.option("-v", "--verbose", is_flag=True, help="Show the scripts' output as it comes.")
-    def command(workload: str, name: str | None, no_isolation: bool, verbose: bool) -> None:
+    def command(workload: str, name: str | None, verbose: bool, no_isolation: bool = False) -> None:
         state = StateDir.from_env()
         rendered = workflow.resolve(state, workload, name or "baremetal", bare_metal=True)
         result = netns.run_baremetal(
@@ -80,6 +75,14 @@ def _host_action(action: str) -> click.Command:
         _exit(result)
 
     command.__doc__ = _ACTION_HELP[action] + " Runs on this host."
+    if action == "setup":
+        # The mode is chosen at setup; the other commands follow the running cluster's.
+        command = click.option(
+            "--no-isolation",
+            is_flag=True,
+            help="Use the host's network namespace; the links, rules and sysctl it changes "
+            "are journaled and removed by cleanup.",
+        )(command)
     return click.command(action)(command)
 
 

@@ -8,8 +8,10 @@ progress lines and a result:
     STEP: text      a step starts; it ends OK when the next starts or the script succeeds
     PASS: name      a check passed            FAIL: name      a check failed
     ERROR: text     the one-line reason the script stopped
+    DONE: text      the one-line summary of a script that succeeded
 
-verify and bat end with `N passed, N failed` on stdout.
+Every action ends with a one-line summary: verify and bat with `N passed, N failed` on
+stdout, the others with the script's DONE line (or a plain one) on stderr.
 """
 
 from __future__ import annotations
@@ -33,6 +35,18 @@ DEFAULT_TIMEOUT = 1800.0  # the ciao setup builds and boots things; the test clu
 
 # Where the cluster keeps its journal and files inside a VM (scripts run as root there).
 GUEST_STATE_DIR = "/var/lib/ccloudvm/clusters/{name}"
+
+# A setup script that contains this line stops after its checks when
+# CCLOUDVM_CLUSTER_CHECK_ONLY=1 (templates/cluster/network-setup.sh.j2 does), so its
+# requirements can be checked before anything changes.
+CHECK_ONLY_MARKER = "# ccloudvm: honours CCLOUDVM_CLUSTER_CHECK_ONLY"
+
+# Crash injection for ccloudvm's own tests, never read from the environment: when a test
+# sets it (in the process that runs the cluster), the scripts stop for an hour once the
+# journal holds this many changes, so the test can kill setup at a known point. Every
+# script run passes CCLOUDVM_TEST_PAUSE_AFTER_CHANGES explicitly (empty when unset), so
+# a variable of that name in a user's environment has no effect.
+TEST_PAUSE_AFTER_CHANGES: int | None = None
 
 NETWORK_DEFAULTS: dict[str, Any] = {
     "bridge": "ciao_br",
@@ -153,6 +167,7 @@ class ClusterResult:
     passed: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     error: str | None = None  # the script's ERROR line, if it printed one
+    done: str | None = None  # the script's DONE line, if it printed one
     lines: list[str] = field(default_factory=list)  # everything the script printed
 
     @property
@@ -187,6 +202,9 @@ class _Progress:
             ui.console.print(f"{text} ... {mark}")
         elif kind == "ERROR" and text:
             self.result.error = text
+        elif kind == "DONE" and text:
+            self.close(ok=True)
+            self.result.done = text
         elif self.echo is not None:
             self.echo(line)
 
@@ -217,6 +235,61 @@ def script_for(scripts: Mapping[str, str], action: str, workload: str) -> str:
     return script
 
 
+def _script_env(
+    cluster_name: str,
+    state_dir: str,
+    network: Mapping[str, Any] | None,
+    nat: bool,
+    *,
+    check_only: bool = False,
+) -> dict[str, str]:
+    pause = TEST_PAUSE_AFTER_CHANGES
+    return {
+        "CLUSTER_NAME": cluster_name,
+        "CLUSTER_STATE_DIR": state_dir,
+        "CLUSTER_NAT": "1" if nat else "0",
+        **ClusterNetwork.from_mapping(network).as_env(),
+        "CCLOUDVM_CLUSTER_CHECK_ONLY": "1" if check_only else "0",
+        "CCLOUDVM_TEST_PAUSE_AFTER_CHANGES": "" if pause is None else str(pause),
+    }
+
+
+def _argv(script: str, action: str) -> list[str]:
+    return ["bash", "-eu", "-c", script, f"ccloudvm-cluster-{action}"]
+
+
+def check_setup(
+    target: Target,
+    scripts: Mapping[str, str],
+    *,
+    cluster_name: str,
+    state_dir: str,
+    network: Mapping[str, Any] | None = None,
+    nat: bool = False,
+    workload: str | None = None,
+    timeout: float | None = 120,
+) -> bool:
+    """Run the setup script's own checks (tools, root, subnet) on `target`, changing nothing.
+
+    Only for a script that says it supports it (CHECK_ONLY_MARKER); returns whether the
+    checks ran. A failed check raises CcloudvmError with the script's one-line reason.
+    """
+    check_cluster_name(cluster_name)
+    script = script_for(scripts, "setup", workload or cluster_name)
+    if CHECK_ONLY_MARKER not in script:
+        return False
+    lines: list[str] = []
+    env = _script_env(cluster_name, state_dir, network, nat, check_only=True)
+    status = target.run(
+        _argv(script, "setup"), env=env, output=lines.append, sudo=True, timeout=timeout
+    )
+    if status != 0:
+        errors = [line[len("ERROR: ") :] for line in lines if line.startswith("ERROR: ")]
+        tail = lines[-1:] or [f"exit status {status}"]
+        raise CcloudvmError(errors[-1] if errors else f"the setup checks failed: {tail[0]}")
+    return True
+
+
 def run_cluster_action(
     target: Target,
     scripts: Mapping[str, str],
@@ -230,6 +303,7 @@ def run_cluster_action(
     timeout: float | None = DEFAULT_TIMEOUT,
     log_path: Path | None = None,
     echo: Callable[[str], None] | None = None,
+    summary: bool = True,
 ) -> ClusterResult:
     """Run the cluster's `action` script as root on `target` and report its steps.
 
@@ -237,25 +311,23 @@ def run_cluster_action(
     the target; `nat` is true only inside a VM. Script failures come back in the result
     (`ok` false, `error` the script's reason); bad input raises UsageError. `echo`
     receives the script's other output lines (for --verbose); with `log_path` every line
-    is also written there.
+    is also written there. The last line printed is the summary (`N passed, N failed`
+    for verify and bat); `summary=False` leaves a successful setup/cleanup/env's summary
+    to the caller (in `result.done`).
     """
     check_cluster_name(cluster_name)
     script = script_for(scripts, action, workload or cluster_name)
-    env = {
-        "CLUSTER_NAME": cluster_name,
-        "CLUSTER_STATE_DIR": state_dir,
-        "CLUSTER_NAT": "1" if nat else "0",
-        **ClusterNetwork.from_mapping(network).as_env(),
-    }
+    env = _script_env(cluster_name, state_dir, network, nat)
     result = ClusterResult(action)
     if action == "env":
         # The environment file goes to stdout as it is, for `eval` or `source`.
         progress = _Progress(result, lambda line: ui.out.print(line, markup=False))
     else:
         progress = _Progress(result, echo)
-    argv = ["bash", "-eu", "-c", script, f"ccloudvm-cluster-{action}"]
     try:
-        result.status = target.run(argv, env=env, output=progress.feed, sudo=True, timeout=timeout)
+        result.status = target.run(
+            _argv(script, action), env=env, output=progress.feed, sudo=True, timeout=timeout
+        )
     finally:
         progress.close(ok=result.status == 0)
         if log_path is not None:
@@ -263,10 +335,24 @@ def run_cluster_action(
             log_path.write_text("\n".join(result.lines) + "\n")
     if result.status != 0 and not result.failed:
         reason = result.error or f"the {action} script exited with status {result.status}"
-        ui.console.print(f"[red]cluster {action} failed:[/red] {reason}")
         if result.error is None:
             for line in result.lines[-15:]:
                 ui.console.print(f"  {line}", markup=False, style="dim")
+        ui.console.print(f"[red]cluster {action} failed:[/red] {reason}", soft_wrap=True)
     if action in CHECK_ACTIONS:
         ui.out.print(result.summary)
+    elif result.status == 0:
+        if result.done is None:
+            result.done = _DONE.get(action, "{name}: {action} done").format(
+                name=cluster_name, action=action
+            )
+        if summary:
+            ui.console.print(result.done, markup=False)
     return result
+
+
+_DONE = {
+    "setup": "cluster {name} is set up",
+    "cleanup": "cluster {name} is cleaned up",
+    "env": "printed the environment of cluster {name}",
+}

@@ -1,9 +1,10 @@
 """Bare-metal clusters: the cluster scripts run on this host, in a network namespace of their own.
 
-`ccloudvm-<name>` is joined to the host by one veth pair whose host end holds a
-link-local /30; everything else the cluster makes (bridge, macvlan, dnsmasq, firewall
-rules, forwarding, tenants) lives inside the namespace, so the host's links, routes and
-firewall never see it. `isolate=False` runs the scripts in the host namespace instead;
+`ccloudvm-<name>` is joined to the host by one veth pair, without addresses (its host
+end has IPv6 address generation off too, so not even a link-local route appears);
+everything else the cluster makes (bridge, macvlan, dnsmasq, firewall rules, forwarding,
+tenants) lives inside the namespace, so the host's addresses, routes and firewall never
+see it. `isolate=False` runs the scripts in the host namespace instead;
 their changes are journaled and undone by cleanup just the same.
 
 Scripts run with `nsenter --net=...` rather than `ip netns exec`: the latter gives each
@@ -26,12 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from ccloudvm import ui
-from ccloudvm.changelog import Journal
+from ccloudvm.changelog import Journal, JournalError
 from ccloudvm.cluster import (
     DEFAULT_TIMEOUT,
     ClusterNetwork,
     ClusterResult,
     check_cluster_name,
+    check_setup,
     run_cluster_action,
     script_for,
 )
@@ -46,7 +48,7 @@ NETNS_DIR = Path("/run/netns")
 INNER_VETH = "cvn0"
 # Kinds of script-journal entries that outlive the cluster's namespace (names and
 # processes are global), undone from Python when a cleanup script cannot finish.
-GLOBAL_KINDS = ("netns", "pidfile", "file", "dir", "docker")
+GLOBAL_KINDS = ("netns", "pidfile", "file", "backup", "dir", "statedir", "docker")
 
 
 def netns_name(cluster: str) -> str:
@@ -59,25 +61,16 @@ def clusters_dir(state: StateDir) -> Path:
 
 @dataclass(frozen=True)
 class VethPlan:
-    """The veth pair joining a cluster's namespace to the host, with link-local addresses."""
+    """The veth pair joining a cluster's namespace to the host (no addresses: no host route)."""
 
     host: str
     inner: str
-    host_address: ipaddress.IPv4Interface
-    inner_address: ipaddress.IPv4Interface
 
 
 def veth_plan(cluster: str) -> VethPlan:
-    """Names and a /30 in 169.254.1.0-169.254.254.255 derived from the cluster name."""
+    """The pair's names, the host end's derived from the cluster name."""
     digest = hashlib.sha256(cluster.encode()).hexdigest()
-    block = int(digest[8:16], 16) % (254 * 64)  # 64 /30 blocks per /24, skipping .0 and .255
-    base = ipaddress.IPv4Address("169.254.1.0") + block * 4
-    return VethPlan(
-        host=f"cvh{digest[:8]}",
-        inner=INNER_VETH,
-        host_address=ipaddress.IPv4Interface(f"{base + 1}/30"),
-        inner_address=ipaddress.IPv4Interface(f"{base + 2}/30"),
-    )
+    return VethPlan(host=f"cvh{digest[:8]}", inner=INNER_VETH)
 
 
 class HostRunner:
@@ -194,7 +187,7 @@ class BareMetalCluster:
                     f"{tool} is not installed; the cluster network needs it",
                     hint=f"sudo apt-get install {package}",
                 )
-        ours = network.macvlan if f"link {network.macvlan}" in self.script_journal else None
+        ours = network.macvlan if self.script_journal.has("link", network.macvlan) else None
         for link, address in host_addresses(self.runner):
             if link != ours and address.ip in network.network:
                 raise UsageError(
@@ -203,15 +196,6 @@ class BareMetalCluster:
                     hint="remove that address, or set another gateway/prefix in the "
                     "workload's cluster network",
                 )
-        if isolate:
-            for link, address in host_addresses(self.runner):
-                if link != self.veth.host and address.network.overlaps(
-                    self.veth.host_address.network
-                ):
-                    raise UsageError(
-                        f"the link-local pair {self.veth.host_address.network} for cluster "
-                        f"{self.name} is already used on this host ({link})"
-                    )
 
     # -- the namespace
 
@@ -231,7 +215,7 @@ class BareMetalCluster:
         if not self.netns_exists():
             self.host_journal.record("netns", self.netns)
             self._must(["ip", "netns", "add", self.netns])
-        elif f"netns {self.netns}" not in self.host_journal:
+        elif not self.host_journal.has("netns", self.netns):
             raise StateError(
                 f"network namespace {self.netns} exists but was not made by ccloudvm",
                 hint=f"remove it with 'sudo ip netns del {self.netns}'",
@@ -244,14 +228,15 @@ class BareMetalCluster:
                 ["ip", "link", "add", v.host, "type", "veth", "peer", "name", v.inner]
                 + ["netns", self.netns]
             )
-        self._must(["ip", "addr", "replace", str(v.host_address), "dev", v.host])
+        # No IPv6 link-local address either (and so no fe80::/64 route on the host); a
+        # host without IPv6 refuses the setting and needs none.
+        self.runner(["ip", "link", "set", v.host, "addrgenmode", "none"])
         self._must(["ip", "link", "set", v.host, "up"])
-        self._must([*inside, "addr", "replace", str(v.inner_address), "dev", v.inner])
         self._must([*inside, "link", "set", v.inner, "up"])
 
     def down(self) -> list[str]:
         """Undo the host journal (the namespace and veth go, and what ran inside)."""
-        return self.host_journal.undo(self.runner)
+        return _undo(self.host_journal, self.runner, None)
 
     def remove_state(self) -> None:
         if self.dir.exists():
@@ -281,6 +266,7 @@ def run_baremetal(
     script_for(scripts, action, label)
     net = ClusterNetwork.from_mapping(network)
     cluster = BareMetalCluster(name, state or StateDir.from_env(), runner)
+    cluster.runner.check_sudo()
     saved = cluster.saved_mode()
     if action == "cleanup":
         return _cleanup(cluster, scripts, network, label, timeout, echo)
@@ -293,6 +279,12 @@ def run_baremetal(
             )
         mode = saved if saved is not None else (True if isolate is None else isolate)
         cluster.preflight(net, mode)
+        # The scripts' own checks (their tools, ciao's programs, the subnet), in the host
+        # namespace where nothing of the cluster exists yet: nothing changes if they fail.
+        check_setup(
+            LocalTarget("localhost"), scripts, cluster_name=name, state_dir=str(cluster.dir),
+            network=network, workload=label,
+        )  # fmt: skip
         if saved is not None:
             ui.info(f"cluster {name} is already set up; setting it up again changes nothing")
         cluster.up(mode)
@@ -308,7 +300,7 @@ def run_baremetal(
                 f"the namespace {cluster.netns} of cluster {name} is gone (host rebooted?)",
                 hint=f"run 'ccloudvm baremetal cleanup {label}' and set it up again",
             )
-    return run_cluster_action(
+    result = run_cluster_action(
         cluster.target(mode),
         scripts,
         action,
@@ -320,6 +312,23 @@ def run_baremetal(
         log_path=cluster.dir / f"{action}.log",
         echo=echo,
     )
+    if action == "setup" and saved is None and not result.ok:
+        _roll_back(cluster)
+    return result
+
+
+def _roll_back(cluster: BareMetalCluster) -> None:
+    """A first setup whose scripts failed before recording any change: take the namespace
+    and state away again, so the host is as it was (else cleanup undoes the rest)."""
+    if cluster.script_journal.exists():
+        ui.info(f"run 'ccloudvm baremetal cleanup' to undo what setup of {cluster.name} made")
+        return
+    problems = cluster.down()
+    if problems:
+        ui.warn(f"could not remove namespace {cluster.netns} again: {problems[0]}")
+        return
+    cluster.remove_state()
+    ui.info(f"setup of cluster {cluster.name} changed nothing: namespace and state removed again")
 
 
 def _cleanup(
@@ -346,13 +355,14 @@ def _cleanup(
             workload=label,
             timeout=timeout,
             echo=echo,
+            summary=False,
         )
     problems: list[str] = []
     if cluster.script_journal.exists():
         # The script could not finish (or never ran): undo what outlives the namespace.
         with ui.step("undoing what the cluster scripts left behind"):
             kinds = GLOBAL_KINDS if isolate else None
-            problems += _undo_quietly(cluster.script_journal, cluster.runner, kinds)
+            problems += _undo(cluster.script_journal, cluster.runner, kinds)
     if cluster.host_journal.exists():
         with ui.step(f"removing namespace {cluster.netns}"):
             problems += cluster.down()
@@ -363,13 +373,14 @@ def _cleanup(
         )
     cluster.remove_state()
     result.status = 0
-    ui.info(f"cluster {cluster.name} is cleaned up")
+    where = f"namespace {cluster.netns} removed" if isolate else "host namespace restored"
+    ui.info(f"cluster {cluster.name} is cleaned up ({where})")
     return result
 
 
-def _undo_quietly(journal: Journal, runner: HostRunner, kinds: Sequence[str] | None) -> list[str]:
+def _undo(journal: Journal, runner: HostRunner, kinds: Sequence[str] | None) -> list[str]:
+    """Undo a journal; a journal that cannot be rewritten is a problem, never ignored."""
     try:
         return journal.undo(runner, kinds=kinds)
-    except PermissionError:
-        # A root-owned journal we may not rewrite: the state folder goes as a whole.
-        return []
+    except JournalError as exc:
+        return [str(exc)]

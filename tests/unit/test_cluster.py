@@ -7,8 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from ccloudvm.cluster import ClusterNetwork, check_cluster_name, run_cluster_action
-from ccloudvm.errors import UsageError
+from ccloudvm import cluster
+from ccloudvm.cluster import (
+    CHECK_ONLY_MARKER,
+    ClusterNetwork,
+    check_cluster_name,
+    check_setup,
+    run_cluster_action,
+)
+from ccloudvm.errors import CcloudvmError, UsageError
 from ccloudvm.target import OutputSink
 
 
@@ -83,7 +90,7 @@ def test_a_failing_step_shows_the_scripts_reason(capsys: pytest.CaptureFixture[s
     assert not result.ok and result.error == "dnsmasq is not installed"
     err = capsys.readouterr().err
     assert "DHCP ... FAIL" in err
-    assert "cluster setup failed: dnsmasq is not installed" in err
+    assert err.splitlines()[-1] == "cluster setup failed: dnsmasq is not installed"
 
 
 def test_failure_without_a_reason_shows_the_last_lines(capsys: pytest.CaptureFixture[str]) -> None:
@@ -159,3 +166,73 @@ def test_unknown_parameter_suggests_the_close_one() -> None:
     with pytest.raises(UsageError) as info:
         ClusterNetwork.from_mapping({"dhcp_stat": "198.51.100.60"})
     assert info.value.hint == "did you mean 'dhcp_start'?"
+
+
+def _last(text: str) -> str:
+    return text.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    ("action", "lines", "summary"),
+    [
+        ("setup", ["STEP: bridge", "DONE: cluster c1 is up (9 changes recorded)"], "cluster c1 is up (9 changes recorded)"),
+        ("setup", ["STEP: bridge"], "cluster c1 is set up"),
+        ("cleanup", ["DONE: nothing to clean up: cluster c1 is not set up here"], "nothing to clean up: cluster c1 is not set up here"),
+        ("cleanup", ["STEP: undoing 3 recorded changes"], "cluster c1 is cleaned up"),
+        ("env", ["export A=1"], "printed the environment of cluster c1"),
+    ],
+)  # fmt: skip
+def test_every_action_ends_with_a_summary_line(
+    action: str, lines: list[str], summary: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = run_cluster_action(
+        ScriptedTarget(lines), SCRIPTS, action, cluster_name="c1", state_dir="/s"
+    )
+    assert result.ok and result.done == summary
+    captured = capsys.readouterr()
+    assert _last(captured.err) == summary
+    if action == "env":
+        assert captured.out == "export A=1\n"
+
+
+def test_the_caller_may_print_the_summary_itself(capsys: pytest.CaptureFixture[str]) -> None:
+    target = ScriptedTarget(["DONE: cluster c1 is cleaned up (3 changes undone)"])
+    result = run_cluster_action(
+        target, SCRIPTS, "cleanup", cluster_name="c1", state_dir="/s", summary=False
+    )
+    assert result.done == "cluster c1 is cleaned up (3 changes undone)"
+    assert "cleaned up" not in capsys.readouterr().err
+
+
+def test_verify_keeps_its_count_as_the_last_line(capsys: pytest.CaptureFixture[str]) -> None:
+    target = ScriptedTarget(["PASS: a", "PASS: b"])
+    run_cluster_action(target, SCRIPTS, "verify", cluster_name="c1", state_dir="/s")
+    assert _last(capsys.readouterr().out) == "2 passed, 0 failed"
+
+
+def test_the_test_pause_hook_ignores_the_users_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CCLOUDVM_TEST_PAUSE_AFTER_CHANGES", "1")
+    monkeypatch.setenv("CCLOUDVM_CLUSTER_CHECK_ONLY", "1")
+    target = ScriptedTarget([])
+    run_cluster_action(target, SCRIPTS, "setup", cluster_name="c1", state_dir="/s")
+    env = target.calls[0][1]
+    assert env["CCLOUDVM_TEST_PAUSE_AFTER_CHANGES"] == ""
+    assert env["CCLOUDVM_CLUSTER_CHECK_ONLY"] == "0"
+    monkeypatch.setattr(cluster, "TEST_PAUSE_AFTER_CHANGES", 4)
+    run_cluster_action(target, SCRIPTS, "setup", cluster_name="c1", state_dir="/s")
+    assert target.calls[1][1]["CCLOUDVM_TEST_PAUSE_AFTER_CHANGES"] == "4"
+
+
+def test_check_setup_runs_only_scripts_that_support_it() -> None:
+    target = ScriptedTarget(["ERROR: busybox is not installed (apt-get install busybox-static)"], 1)
+    assert not check_setup(target, SCRIPTS, cluster_name="c1", state_dir="/s")
+    assert target.calls == []  # a script without the marker would really set up
+    scripts = {**SCRIPTS, "setup": f"{CHECK_ONLY_MARKER}\necho setup"}
+    with pytest.raises(CcloudvmError) as info:
+        check_setup(target, scripts, cluster_name="c1", state_dir="/s")
+    assert str(info.value) == "busybox is not installed (apt-get install busybox-static)"
+    argv, env, sudo = target.calls[0]
+    assert env["CCLOUDVM_CLUSTER_CHECK_ONLY"] == "1" and sudo
+    assert check_setup(ScriptedTarget(["DONE: ok"]), scripts, cluster_name="c1", state_dir="/s")

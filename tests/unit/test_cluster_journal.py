@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ccloudvm.changelog import Journal, JournalError, parse_line
+from ccloudvm.changelog import Journal, JournalError, decode_word, encode_word, parse_line
 
 
 class FakeHost:
@@ -39,7 +39,7 @@ def test_record_appends_once_and_checks_the_format(tmp_path: Path) -> None:
     journal.record("link", "ciao_br")
     journal.record("sysctl", "net.ipv4.ip_forward", "0")
     assert journal.lines() == ["link ciao_br", "sysctl net.ipv4.ip_forward 0"]
-    assert "link ciao_br" in journal
+    assert journal.has("link", "ciao_br") and not journal.has("link", "ciao")
     with pytest.raises(JournalError, match="unknown journal entry kind"):
         journal.record("route", "x")
     with pytest.raises(JournalError, match="needs 2 argument"):
@@ -78,7 +78,7 @@ def test_undo_keeps_failures_and_other_kinds(tmp_path: Path) -> None:
     host = FakeHost(existing={"ciao_br"}, failing={"rm -rf"})
     failed = journal.undo(host, kinds=("file", "dir"))
     assert len(failed) == 1 and failed[0].startswith(f"dir {tmp_path}/d: rm -rf")
-    assert journal.lines() == ["link ciao_br", f"dir {tmp_path / 'd'}"]
+    assert journal.entries() == [["link", "ciao_br"], ["dir", str(tmp_path / "d")]]
     assert ["ip", "link", "del", "ciao_br"] not in host.calls
 
 
@@ -148,3 +148,68 @@ def test_a_table_iptables_made_goes_only_when_empty(
     host = NftHost(rules)
     assert journal.undo(host) == []
     assert (["nft", "delete", "table", "ip", "filter"] in host.calls) is dropped
+
+
+@pytest.mark.parametrize(
+    "word", ["my dir", "", "a\nb", "it's", "100%", "dé", "$(reboot)", "\\x41", "-I"]
+)
+def test_words_round_trip_on_one_line(word: str) -> None:
+    encoded = encode_word(word)
+    assert decode_word(encoded) == word
+    assert encoded and not any(c.isspace() for c in encoded)
+    assert set(encoded) <= set(
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.~/:=,+@-%"
+    )
+
+
+def test_a_path_with_a_space_is_one_word(tmp_path: Path) -> None:
+    """The audit's case: `dir .../my dir/c` must remove that folder, not `.../my`."""
+    journal = Journal(tmp_path / "journal")
+    journal.record("dir", str(tmp_path / "my dir" / "c"))
+    assert journal.lines() == [f"dir {tmp_path}/my%20dir/c"]
+    host = FakeHost()
+    assert journal.undo(host) == []
+    assert host.calls == [["rm", "-rf", "--", str(tmp_path / "my dir" / "c")]]
+
+
+def test_a_journal_that_cannot_be_rewritten_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal = Journal(tmp_path / "journal")
+    journal.record("file", str(tmp_path / "gone"))
+    journal.record("dir", str(tmp_path / "stuck"))
+    before = journal.path.read_text()
+
+    def denied(**_: object) -> tuple[int, str]:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("ccloudvm.changelog.tempfile.mkstemp", denied)
+    with pytest.raises(JournalError, match="cannot rewrite the journal .*Permission denied"):
+        journal.undo(FakeHost(failing={"rm -rf"}))
+    assert journal.path.read_text() == before  # every record kept
+
+
+def test_backup_puts_the_original_back(tmp_path: Path) -> None:
+    original, copy = tmp_path / "conf dir" / "c.yaml", tmp_path / "backup" / "c.yaml"
+    original.parent.mkdir()
+    copy.parent.mkdir()
+    original.write_text("ours\n")
+    copy.write_text("theirs\n")
+    journal = Journal(tmp_path / "journal")
+    journal.record("backup", str(original), str(copy))
+    assert journal.undo(_real) == []
+    assert original.read_text() == "theirs\n" and not copy.exists()
+
+
+def test_statedir_goes_last_and_only_when_everything_else_is_undone(tmp_path: Path) -> None:
+    state = tmp_path / "clusters" / "c"
+    journal = Journal(state / "journal")
+    journal.record("statedir", str(tmp_path / "clusters"))
+    journal.record("statedir", str(state))
+    journal.record("dir", str(state / "run"))
+    (state / "run").mkdir()
+    failing = FakeHost(failing={"rm -rf"})
+    assert len(journal.undo(failing)) == 1
+    assert [e[0] for e in journal.entries()] == ["statedir", "statedir", "dir"]
+    assert journal.undo(_real) == []
+    assert not (tmp_path / "clusters").exists()

@@ -122,7 +122,9 @@ def test_tenants_are_prefixed_with_the_cluster_name() -> None:
     assert 'record pidfile busybox "$run_dir/httpd.pid"' in text
 
 
-def _journal_script(tmp_path: Path, body: str) -> subprocess.CompletedProcess[str]:
+def _journal_script(
+    tmp_path: Path, body: str, extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the shared functions for real, as this (unprivileged) user, on harmless entries."""
     common = environment().get_template("cluster/_common.sh.j2").render()
     script = tmp_path / "journal.sh"
@@ -131,6 +133,7 @@ def _journal_script(tmp_path: Path, body: str) -> subprocess.CompletedProcess[st
         **os.environ,
         "CLUSTER_NAME": "unit",
         "CLUSTER_STATE_DIR": str(tmp_path / "state"),
+        **(extra or {}),
     }
     return subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env)
 
@@ -177,14 +180,16 @@ def test_cleanup_with_nothing_set_up_says_so(tmp_path: Path) -> None:
     env = {**os.environ, "CLUSTER_NAME": "unit", "CLUSTER_STATE_DIR": str(tmp_path / "none")}
     result = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env)
     assert result.returncode == 0
-    assert "nothing to clean up: cluster unit is not set up here" in result.stdout
+    assert result.stdout.splitlines() == [
+        "DONE: nothing to clean up: cluster unit is not set up here"
+    ]
 
 
 def test_ciao_setup_checks_its_programs_before_changing_anything(tmp_path: Path) -> None:
     text = render("cluster/ciao/setup.sh.j2")
     first_check = text.index("require_ciao $ciao_tools")
     # Before it, only definitions: comments, assignments, functions (indented bodies).
-    harmless = re.compile(r"(#|$|\s|[a-z_]+=|[A-Z]+=|[a-z_]+\(\) \{|\}|\{|: |set -eu)")
+    harmless = re.compile(r"(#|$|\s|[a-z_]+=|[A-Z]+=|[a-z0-9_]+\(\) \{|\}|\{|: |set -eu)")
     for line in text[:first_check].splitlines():
         assert harmless.match(line), line
     # And for real: this machine has no ciao, so it stops at once with one line.
@@ -277,3 +282,201 @@ def test_workloads_render_their_cluster_through_workload_py(ref: str, tmp_path: 
         script.write_text(text)
         result = subprocess.run(["shellcheck", "-s", "bash", str(script)], capture_output=True)
         assert result.returncode == 0, (action, result.stdout)
+
+
+AWKWARD = [
+    "my dir",
+    'quote\'s "double"',
+    "new\nline",
+    "tab\there",
+    "glob*?[a]",
+    "$(touch pwned)`x`",
+    "back\\slash\\n",
+    "50%41 percent",
+    "dé jà",
+    "-leading-dash",
+]
+
+
+def test_journal_words_round_trip_and_agree_with_python(tmp_path: Path) -> None:
+    from ccloudvm.changelog import Journal, format_line
+
+    state = tmp_path / "state"
+    state.mkdir()
+    words = ["exec", "printf", *AWKWARD, ""]
+    args = " ".join(shlex.quote(word) for word in words)
+    result = _journal_script(
+        tmp_path,
+        f"""
+record {args}
+journal_line {args}
+printf '%s\\n' "$journal_text" >{tmp_path}/line
+journal_words "$journal_text"
+printf '%s\\0' "${{journal_args[@]}}" >{tmp_path}/decoded
+""",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not (tmp_path / "pwned").exists()
+    line = (state / "journal").read_text()
+    assert line == (tmp_path / "line").read_text() == format_line(*words) + "\n"
+    assert line.count("\n") == 1 and "\t" not in line and "'" not in line
+    assert (tmp_path / "decoded").read_text().split("\0")[:-1] == words
+    assert Journal(state / "journal").entries() == [words]
+    # The same change again is recognised, not recorded twice.
+    again = _journal_script(tmp_path, f"record {args}\nrecorded {args}\n")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert (state / "journal").read_text() == line
+
+
+def test_cleanup_of_paths_with_spaces_removes_exactly_them(tmp_path: Path) -> None:
+    """The audit's case: a state folder under "my dir" must not make cleanup remove "my"."""
+    mine = tmp_path / "my"
+    mine.mkdir()
+    (mine / "keep").write_text("the user's\n")
+    state = tmp_path / "my dir" / "c"
+    made = [state / "run" / name for name in AWKWARD]
+    env = {"CLUSTER_STATE_DIR": str(state)}
+    body = 'make_state_dir\nensure_dir "$run_dir"\n' + "".join(
+        f"ensure_dir {shlex.quote(str(path))}\n"
+        f"ensure_file {shlex.quote(str(path / name))} 0600 <<<made\n"
+        for path, name in zip(made, AWKWARD, strict=True)
+    )
+    result = _journal_script(tmp_path, body, env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert all(
+        (path / name).read_text() == "made\n" for path, name in zip(made, AWKWARD, strict=True)
+    )
+    undo = _journal_script(tmp_path, "undo_journal\n", env)
+    assert undo.returncode == 0, undo.stdout + undo.stderr
+    assert not (tmp_path / "my dir").exists()
+    assert (mine / "keep").read_text() == "the user's\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["journal.sh", "my"]
+
+
+def test_state_parents_go_only_if_empty_and_last(tmp_path: Path) -> None:
+    state = tmp_path / "var" / "lib" / "c"
+    env = {"CLUSTER_STATE_DIR": str(state)}
+    result = _journal_script(tmp_path, 'make_state_dir\nensure_dir "$run_dir"\n', env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    from ccloudvm.changelog import Journal
+
+    entries = Journal(state / "journal").entries()
+    assert entries[:3] == [
+        ["statedir", str(tmp_path / "var")],
+        ["statedir", str(tmp_path / "var" / "lib")],
+        ["statedir", str(state)],
+    ]
+    (tmp_path / "var" / "other").write_text("someone else's\n")  # appeared since
+    undo = _journal_script(tmp_path, "undo_journal\n", env)
+    assert undo.returncode == 0, undo.stdout + undo.stderr
+    assert sorted(p.name for p in (tmp_path / "var").iterdir()) == ["other"]
+
+
+def test_a_replaced_file_is_backed_up_and_restored(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    existing = tmp_path / "etc dir" / "configuration.yaml"
+    existing.parent.mkdir()
+    existing.write_text("the user's own\n")
+    existing.chmod(0o640)
+    env = {"CLUSTER_STATE_DIR": str(state)}
+    write = f'make_state_dir\nensure_dir "$run_dir"\nensure_file {shlex.quote(str(existing))} 0644 <<<ours\n'
+    assert _journal_script(tmp_path, write, env).returncode == 0
+    assert existing.read_text() == "ours\n"
+    # Setup twice: the backup is the user's file still, not our own copy.
+    assert _journal_script(tmp_path, write, env).returncode == 0
+    from ccloudvm.changelog import Journal
+
+    kinds = [entry[0] for entry in Journal(state / "journal").entries()]
+    assert kinds.count("backup") == 1 and "file" not in kinds
+    undo = _journal_script(tmp_path, "undo_journal\n", env)
+    assert undo.returncode == 0, undo.stdout + undo.stderr
+    assert existing.read_text() == "the user's own\n"
+    assert existing.stat().st_mode & 0o777 == 0o640
+    assert not state.exists()
+
+
+def test_the_shell_undoes_a_journal_python_wrote(tmp_path: Path) -> None:
+    from ccloudvm.changelog import Journal
+
+    state = tmp_path / "state"
+    target = tmp_path / "a dir; rm -rf ~"
+    target.mkdir()
+    Journal(state / "journal").record("dir", str(target))
+    undo = _journal_script(tmp_path, "undo_journal\n")
+    assert undo.returncode == 0, undo.stdout + undo.stderr
+    assert not target.exists() and tmp_path.exists()
+
+
+def _fake_tools(tmp_path: Path, addresses: str) -> Path:
+    """A PATH of stand-ins: `ip` lists `addresses`, `id` says root, dnsmasq/busybox exist."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "ip").write_text(f"#!/bin/sh\ncat <<'EOF'\n{addresses}EOF\n")
+    (bindir / "id").write_text("#!/bin/sh\necho 0\n")
+    for tool in ("dnsmasq", "busybox"):
+        (bindir / tool).write_text("#!/bin/sh\nexit 0\n")
+    for stand_in in bindir.iterdir():
+        stand_in.chmod(0o755)
+    for tool in ("cat", "grep", "wc", "dirname", "mkdir", "chmod", "sync"):
+        found = shutil.which(tool)
+        assert found
+        (bindir / tool).symlink_to(found)
+    return bindir
+
+
+def _run_setup(tmp_path: Path, bindir: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "setup.sh"
+    script.write_text(render("cluster/test/setup.sh.j2"))
+    env = {
+        "PATH": str(bindir),
+        "CLUSTER_NAME": "unit",
+        "CLUSTER_STATE_DIR": str(tmp_path / "state"),
+        **extra,
+    }
+    return subprocess.run(["/bin/bash", str(script)], capture_output=True, text=True, env=env)
+
+
+def test_setup_refuses_a_subnet_in_use_before_changing_anything(tmp_path: Path) -> None:
+    addresses = (
+        "1: lo    inet 127.0.0.1/8 scope host lo\n"
+        "7: br-lab@if3    inet 198.51.100.200/25 scope global br-lab\n"
+    )
+    result = _run_setup(tmp_path, _fake_tools(tmp_path, addresses))
+    assert result.returncode == 1
+    errors = [line for line in result.stdout.splitlines() if line.startswith("ERROR: ")]
+    assert errors == [
+        "ERROR: the cluster subnet 198.51.100.0/24 is already used on this machine "
+        "(198.51.100.200/25 on br-lab); remove that address, or set another gateway/prefix "
+        "in the workload's cluster network"
+    ]
+    assert not (tmp_path / "state").exists()
+
+
+def test_setup_check_only_stops_before_any_change(tmp_path: Path) -> None:
+    addresses = "2: eth0    inet 192.0.2.2/24 brd 192.0.2.255 scope global eth0\n"
+    bindir = _fake_tools(tmp_path, addresses)
+    result = _run_setup(tmp_path, bindir, CCLOUDVM_CLUSTER_CHECK_ONLY="1")
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.splitlines()[-1] == "DONE: cluster unit can be set up here"
+    assert not (tmp_path / "state").exists()
+    # The test cluster's own requirement is checked in that pass too.
+    (bindir / "busybox").unlink()
+    missing = _run_setup(tmp_path, bindir, CCLOUDVM_CLUSTER_CHECK_ONLY="1")
+    assert "ERROR: busybox is not installed (apt-get install busybox-static)" in missing.stdout
+    assert not (tmp_path / "state").exists()
+
+
+def test_the_pause_hook_has_a_name_of_its_own() -> None:
+    for name in ALL:
+        text = render(name)
+        assert "CLUSTER_PAUSE_AFTER_CHANGES" not in text.replace(
+            "CCLOUDVM_TEST_PAUSE_AFTER_CHANGES", ""
+        )
+
+
+def test_ciao_setup_keeps_what_it_replaces() -> None:
+    setup = render("cluster/ciao/setup.sh.j2")
+    assert "install -m 0644 -t" not in setup  # copies nobody recorded
+    assert 'ensure_file "$copy" 0644 <"$cert"' in setup
+    assert 'ensure_file "$ciao_conf" 0644' in setup
+    assert 'ensure_file "$ciao_env_file" 0644' in setup

@@ -34,11 +34,14 @@ class FakeRunner(HostRunner):
         super().__init__(as_root=True)
         self.addrs = addrs
         self.calls: list[list[str]] = []
+        self.missing = False  # `ip link show` finds nothing
 
     def __call__(self, argv: Sequence[str]) -> tuple[int, str]:
         self.calls.append(list(argv))
         if list(argv[:3]) == ["ip", "-o", "-4"]:
             return 0, self.addrs
+        if self.missing and list(argv[:3]) == ["ip", "link", "show"]:
+            return 1, "does not exist"
         return 0, ""
 
 
@@ -61,18 +64,27 @@ class RecordingTarget:
         return 0
 
 
-def test_names_and_link_local_pair() -> None:
+def test_names_and_an_unaddressed_pair() -> None:
     assert netns_name("cluster-test") == "ccloudvm-cluster-test"
     with pytest.raises(UsageError):
         netns_name("../etc")
     a, b = veth_plan("cluster-test"), veth_plan("other")
     assert a == veth_plan("cluster-test")  # stable across runs
     assert len(a.host) <= 15 and a.host != b.host
-    assert a.host_address.network == a.inner_address.network
-    assert a.host_address.network.prefixlen == 30
-    assert a.host_address.ip in ipaddress.IPv4Network("169.254.1.0/24").supernet(new_prefix=16)
-    assert a.host_address.ip not in ipaddress.IPv4Network("169.254.0.0/24")
-    assert a.host_address.ip not in ipaddress.IPv4Network("169.254.255.0/24")
+    assert not hasattr(a, "host_address")  # no address, so no route on the host
+
+
+def test_up_gives_the_host_end_no_address(tmp_path: Path) -> None:
+    runner = FakeRunner()
+    runner.missing = True
+    cluster = BareMetalCluster("c1", StateDir(tmp_path), runner)
+    cluster.up(isolate=True)
+    calls = [" ".join(call) for call in runner.calls]
+    assert not [call for call in calls if " addr " in call or "169.254" in call]
+    assert f"ip link set {cluster.veth.host} addrgenmode none" in calls
+    assert calls.index(f"ip link set {cluster.veth.host} addrgenmode none") < calls.index(
+        f"ip link set {cluster.veth.host} up"
+    )
 
 
 def test_host_runner_uses_passwordless_sudo_when_not_root() -> None:
@@ -167,3 +179,47 @@ def test_setup_in_another_mode_needs_a_cleanup_first(tmp_path: Path) -> None:
             isolate=False,
             runner=FakeRunner(),
         )
+
+
+@pytest.mark.parametrize("action", ["setup", "verify", "bat", "env", "cleanup"])
+def test_every_action_checks_passwordless_sudo_first(
+    action: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sudo at all
+    scripts = dict.fromkeys(("setup", "verify", "bat", "env", "cleanup"), "true")
+    with pytest.raises(CcloudvmError) as info:
+        run_baremetal(
+            "c1", scripts, action, state=StateDir(tmp_path), runner=HostRunner(as_root=False)
+        )
+    assert (
+        info.value.message == "bare-metal clusters need root, and passwordless sudo is not set up"
+    )
+    assert "NOPASSWD" in (info.value.hint or "")
+
+
+def test_cleanup_fails_clearly_when_the_journal_cannot_be_rewritten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records of changes not undone are never dropped, and the state folder stays."""
+    state = StateDir(tmp_path)
+    cluster = BareMetalCluster("c1", state, FakeRunner())
+    cluster.dir.mkdir(parents=True)
+    (cluster.dir / "mode").write_text("isolated\n")  # its namespace is gone: Python undoes
+    cluster.script_journal.record("link", "ciao_br")  # went with the namespace
+    cluster.script_journal.record("file", "/etc/ciao/configuration.yaml")
+    before = cluster.script_journal.path.read_text()
+
+    class Refusing(FakeRunner):
+        def __call__(self, argv: Sequence[str]) -> tuple[int, str]:
+            super().__call__(argv)
+            return (1, "Operation not permitted") if argv[:2] == ["rm", "-f"] else (0, "")
+
+    def denied(**_: object) -> tuple[int, str]:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("ccloudvm.changelog.tempfile.mkstemp", denied)
+    with pytest.raises(CcloudvmError) as info:
+        run_baremetal("c1", {"cleanup": "true"}, "cleanup", state=state, runner=Refusing())
+    assert "cannot rewrite the journal" in str(info.value)
+    assert cluster.script_journal.path.read_text() == before
+    assert cluster.dir.is_dir()
