@@ -140,14 +140,22 @@ def cli(debug: bool) -> None:
     show_default=True,
     help="Seconds to wait for the guest to be ready.",
 )
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Print the provision steps' output as it comes (it is always kept in provision.log).",
+)
 def create(workload: str, name: str | None, mem: int | None, cpus: int | None, disk: int | None,
            mounts: tuple[str, ...], ports: tuple[str, ...], drives: tuple[str, ...], image: str | None,
            accel: str | None, no_proxy_propagation: bool, ca_certs: tuple[Path, ...], no_cache: bool,
-           timeout: float) -> None:  # fmt: skip
+           timeout: float, verbose: bool) -> None:  # fmt: skip
     """Create an instance of WORKLOAD, boot it and provision it.
 
-    WORKLOAD is a bundled name (see 'ccloudvm workloads'), a file in
-    ~/.ccloudvm/workloads, a path to a YAML file, or an http(s) URL.
+    WORKLOAD is a file in ~/.ccloudvm/workloads, a bundled name (see 'ccloudvm
+    workloads'; yours override bundled ones of the same name), a path to a YAML
+    file, or an http(s) URL. The provision steps' output is kept: 'ccloudvm logs
+    NAME --provision'.
     """
     from ccloudvm import accel as accel_mod
     from ccloudvm import workflow
@@ -159,7 +167,7 @@ def create(workload: str, name: str | None, mem: int | None, cpus: int | None, d
         drives=list(drives), image=image,
         accel_mode=accel_mod.requested_mode(accel),
         propagate_proxy=not no_proxy_propagation, ca_certs=list(ca_certs),
-        use_cache=not no_cache, timeout=timeout,
+        use_cache=not no_cache, timeout=timeout, verbose=verbose,
     )  # fmt: skip
     inst = workflow.create(_state(), workload, options)
     ui.info(f"\nConnect with: ccloudvm connect {inst.name}   (or: ccloudvm run {inst.name} -- CMD)")
@@ -329,12 +337,33 @@ def copy(name: str, source: str, dest: str, recursive: bool) -> None:
     is_flag=True,
     help="Show /var/log/cloud-init-output.log from the guest instead of the console.",
 )
+@click.option(
+    "--provision",
+    "provision_log",
+    is_flag=True,
+    help="Show the output of every provision run (create, provision) instead of the console.",
+)
 @click.option("-n", "--lines", type=int, default=0, help="Only the last N lines.")
-def logs(name: str | None, cloud_init: bool, lines: int) -> None:
-    """Show the serial console log (or cloud-init's output log from the guest)."""
+def logs(name: str | None, cloud_init: bool, provision_log: bool, lines: int) -> None:
+    """Show the serial console log (or cloud-init's output log from the guest, or the
+    provision steps' output)."""
     state = _state()
     name = _pick_instance(name)
-    if cloud_init:
+    if cloud_init and provision_log:
+        raise UsageError("--cloud-init and --provision show different logs; give one")
+    if provision_log:
+        from ccloudvm import workflow
+        from ccloudvm.instance_state import load_state
+
+        load_state(state, name)
+        path = workflow.provision_log(state, name)
+        if not path.exists():
+            raise UsageError(
+                f"{name!r} has no provision log yet: its workload's steps have not run",
+                hint=f"run them with 'ccloudvm provision {name}'",
+            )
+        text = path.read_text(errors="replace")
+    elif cloud_init:
         with instance.connect_target(state, name) as target:
             code, text = target.run_capture(["cat", "/var/log/cloud-init-output.log"], sudo=True)
         if code != 0:

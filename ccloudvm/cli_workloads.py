@@ -14,7 +14,10 @@ from ccloudvm.workload import list_workloads, render_workload_yaml
 @click.command("workloads")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def workloads_command(as_json: bool) -> None:
-    """List the workloads 'ccloudvm create' knows by name, with a line about each."""
+    """List the workloads 'ccloudvm create' knows by name, with a line about each.
+
+    Yours (~/.ccloudvm/workloads) come first and override bundled ones of the same name.
+    """
     rows = list_workloads(StateDir.from_env())
     if as_json:
         import json
@@ -49,16 +52,28 @@ def show(workload: str, name: str) -> None:
 
 @click.command("provision")
 @click.argument("name")
-def provision_command(name: str) -> None:
-    """Run the workload's provision steps in instance NAME again (they are idempotent)."""
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Print the steps' output as it comes (it is always kept in provision.log).",
+)
+def provision_command(name: str, verbose: bool) -> None:
+    """Run the workload's provision steps in instance NAME again (they are idempotent).
+
+    Their output is appended to the instance's provision.log: 'ccloudvm logs NAME
+    --provision'.
+    """
     state = StateDir.from_env()
-    workflow.provision_instance(state, name, workflow.workload_of(state, name))
+    workload = workflow.workload_of(state, name)
+    workflow.provision_instance(state, name, workload, verbose=verbose)
 
 
 @click.command("verify")
 @click.argument("name")
 def verify_command(name: str) -> None:
-    """Run the workload's checks (its release criterion) in NAME; non-zero if any fails."""
+    """Run the workload's checks (its release criterion) in NAME: each PASS or FAIL (with
+    its output), then 'N passed, N failed'; exit status 1 if any fails."""
     _, failed = workflow.verify(StateDir.from_env(), name)
     sys.exit(1 if failed else 0)
 

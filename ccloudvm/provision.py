@@ -3,7 +3,9 @@
 Each step's script is written into a private work folder on the target (mktemp -d, so
 no guessable /tmp names) and run as `bash -eu FILE`, never `bash -c TEXT`. Files the
 step download()s are fetched by the host through its own proxy, cached, and uploaded
-into the work folder before the step runs. Progress is one `name ... OK` line per step.
+into the work folder before the step runs. Progress is one `name ... OK` line per step
+(`name ... PASS` per check); a log, when given, gets a header, every output line and
+the result of each step.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ from typing import Any
 from ccloudvm import ui
 from ccloudvm.errors import CcloudvmError, UsageError
 from ccloudvm.target import OutputSink, Target
-from ccloudvm.templating import WORKDIR_VAR, Download, shell_path
+from ccloudvm.templating import WORKDIR_VAR, Download, refuse_private_url, shell_path
 from ccloudvm.workload import Check, ProvisionStep
 
 TAIL_LINES = 15
-Fetch = Callable[[str, Path], None]
+MAX_REDIRECTS = 10
+Fetch = Callable[..., None]  # fetch(url, dest, *, public_only=False)
 
 
 class StepFailed(UsageError):
@@ -36,22 +39,37 @@ class StepFailed(UsageError):
         self.tail = list(tail)
 
 
-def fetch_to_cache(url: str, dest: Path) -> None:
+def fetch_to_cache(url: str, dest: Path, *, public_only: bool = False) -> None:
     """Fetch `url` into `dest` on the host, through the host's proxy (from its environment).
 
     A plain streaming fetch: ccloudvm.download.download() wants a known sha256, which a
-    workload's download() does not have.
+    workload's download() does not have. With `public_only` (a download() of a workload
+    from a URL) every address, redirects included, must be a public one.
     """
     import requests
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(dest.name + ".part")
     try:
-        with requests.get(url, stream=True, timeout=60) as response:
+        location = url
+        for _hop in range(MAX_REDIRECTS + 1):
+            if public_only:
+                refuse_private_url(location, "a workload from a URL")
+            response = requests.get(location, stream=True, timeout=60, allow_redirects=False)
+            if not response.is_redirect:
+                break
+            location = requests.compat.urljoin(location, response.headers["location"])
+            response.close()
+        else:
+            raise requests.TooManyRedirects(f"more than {MAX_REDIRECTS} redirects")
+        with response:
             response.raise_for_status()
             with partial.open("wb") as handle:
                 for chunk in response.iter_content(chunk_size=1 << 20):
                     handle.write(chunk)
+    except UsageError:
+        partial.unlink(missing_ok=True)
+        raise
     except (requests.RequestException, OSError) as exc:
         partial.unlink(missing_ok=True)
         raise CcloudvmError(
@@ -126,7 +144,7 @@ def _upload_downloads(
 ) -> None:
     for item in uploads:
         if not item.cache_path.is_file():
-            fetch(item.url, item.cache_path)
+            fetch(item.url, item.cache_path, public_only=item.restricted)
         target.put_file(item.cache_path, f"{work.path}/{item.staging_name}", mode=0o644)
 
 
@@ -141,11 +159,16 @@ def _step_body(target: Target, work: _Workdir, index: int, step: ProvisionStep) 
     return f'install -D -m {mode} "${WORKDIR_VAR}"/{staged} {shell_path(step.copy_dest)}\n'
 
 
-def _result(name: str, ok: bool, seconds: float) -> None:
-    if ok:
-        ui.console.print(f"{name} ... [green]OK[/green] ({seconds:.1f} s)", highlight=False)
-    else:
-        ui.console.print(f"{name} ... [red]FAIL[/red] ({seconds:.1f} s)", highlight=False)
+def _result(name: str, ok: bool, seconds: float, words: tuple[str, str] = ("OK", "FAIL")) -> None:
+    word = f"[green]{words[0]}[/green]" if ok else f"[red]{words[1]}[/red]"
+    ui.console.print(f"{_escape(name)} ... {word} ({seconds:.1f} s)", highlight=False)
+
+
+def _escape(text: str) -> str:
+    """A step name as plain text in a rich markup line."""
+    from rich.markup import escape
+
+    return escape(text)
 
 
 def _show_tail(tail: Sequence[str], already_shown: bool) -> None:
@@ -170,7 +193,8 @@ def run_steps(
 
     `env` is exported in every step (on top of each step's own env). With `verbose` the
     output is printed dimmed as it comes; otherwise a spinner shows the latest line and
-    the last lines are printed only if the step fails. `log` receives every line.
+    the last lines are printed only if the step fails. `log` receives a header for each
+    step, every line, and the step's result.
     """
     if not steps:
         return
@@ -178,20 +202,25 @@ def run_steps(
     with _workdir(target) as work:
         for index, step in enumerate(steps, start=1):
             if log is not None:
-                log(f"==> step {index}: {step.name}")
+                who = " (as root)" if step.sudo else ""
+                log(f"==> step {index}/{len(steps)}: {step.name}{who}")
             start = time.monotonic()
             spinner = nullcontext(None) if verbose else ui.spinner(step.name)
             with spinner as status:
                 sink = _Output(verbose, log, status)
                 if verbose:
-                    ui.console.print(f"{step.name} ...", highlight=False)
+                    ui.console.print(f"{_escape(step.name)} ...", highlight=False)
                 _upload_downloads(target, work, step.uploads, fetch)
                 body = _step_body(target, work, index, step)
                 step_env = {**(env or {}), **dict(step.env)}
                 path = f"{work.path}/step-{index}.sh"
                 target.put_text(_script(work, body, step_env, step.name), path, mode=0o700)
                 code = target.run(["bash", "-eu", path], output=sink, sudo=step.sudo)
-            _result(step.name, code == 0, time.monotonic() - start)
+            seconds = time.monotonic() - start
+            _result(step.name, code == 0, seconds)
+            if log is not None:
+                outcome = "OK" if code == 0 else f"FAIL (exit status {code})"
+                log(f"<== step {index}/{len(steps)}: {step.name}: {outcome} ({seconds:.1f} s)")
             if code != 0:
                 _show_tail(sink.tail, verbose)
                 raise StepFailed(step.name, code, sink.tail, failure_hint)
@@ -204,7 +233,8 @@ def run_checks(
     env: Mapping[str, str] | None = None,
     log: OutputSink | None = None,
 ) -> tuple[int, int]:
-    """Run every check, print each as OK/FAIL and then `N passed, N failed`."""
+    """Run every check, print each as `name ... PASS` or `FAIL` (with its output), then
+    `N passed, N failed`."""
     passed = failed = 0
     if checks:
         with _workdir(target) as work:
@@ -217,7 +247,7 @@ def run_checks(
                 script = _script(work, check.run, dict(env or {}), f"check {check.name}")
                 target.put_text(script, path, mode=0o700)
                 code = target.run(["bash", "-eu", path], output=sink, sudo=check.sudo)
-                _result(check.name, code == 0, time.monotonic() - start)
+                _result(check.name, code == 0, time.monotonic() - start, ("PASS", "FAIL"))
                 if code == 0:
                     passed += 1
                 else:

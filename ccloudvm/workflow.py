@@ -1,14 +1,19 @@
-"""The way of `ccloudvm create WORKLOAD`: resolve the workload, boot an instance of it,
-provision it. Each step is another module's job; this one only puts them in order."""
+"""The way of `ccloudvm create WORKLOAD`: resolve the workload, check it, boot an instance
+of it, provision it; and `ccloudvm baremetal provision`, the same steps on this host.
+Each step is another module's job; this one only puts them in order."""
 
 from __future__ import annotations
 
 import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ccloudvm import instance, proxy, ui
-from ccloudvm.errors import CcloudvmError, UsageError
+from ccloudvm.errors import CcloudvmError, NotFoundError, UsageError
 from ccloudvm.hostinfo import host_user
 from ccloudvm.instance_state import (
     InstanceState,
@@ -20,9 +25,18 @@ from ccloudvm.instance_state import (
     validate_name,
 )
 from ccloudvm.paths import StateDir
+from ccloudvm.qemu import escape
 from ccloudvm.specs import MountSpec, PortSpec
+from ccloudvm.target import OutputSink
 from ccloudvm.templating import TemplateContext
-from ccloudvm.workload import Workload, load_workload
+from ccloudvm.workload import (
+    Workload,
+    load_workload,
+    merge_replacing,
+    ports_clash,
+)
+
+PROVISION_LOG = "provision.log"
 
 
 @dataclass
@@ -40,6 +54,7 @@ class CreateOptions:
     ca_certs: list[Path] = field(default_factory=list)
     use_cache: bool = True
     timeout: float = instance.BOOT_TIMEOUT
+    verbose: bool = False  # print provision steps' output as it comes
 
 
 def resolve(state: StateDir, ref: str, name: str, *, propagate_proxy: bool = True,
@@ -56,28 +71,55 @@ def resolve(state: StateDir, ref: str, name: str, *, propagate_proxy: bool = Tru
 
 
 def _merge_mounts(workload: Workload, cli: list[MountSpec]) -> list[MountSpec]:
-    for mount in workload.vm.mounts:
-        if not mount.host_path.exists():
-            # A workload's folder (the GOPATH, say) may simply not exist yet on this host.
-            mount.host_path.mkdir(parents=True)
-            ui.info(f"created {mount.host_path} to share it with the guest as {mount.guest_path}")
-    merged = {m.tag: m for m in workload.vm.mounts}
+    """The workload's mounts, a --mount for the same guest folder replacing one; CLI
+    mounts get tags clear of the workload's (they are numbered mountN too)."""
+    guest_paths = {m.guest_path for m in cli}
+    kept = [m for m in workload.vm.mounts if m.guest_path not in guest_paths]
+    used = {m.tag for m in kept}
+    merged = list(kept)
     for index, mount in enumerate(cli):
         tag = mount.tag
-        while tag in merged:  # CLI mounts are numbered; keep clear of the workload's tags
+        while tag in used:
             index += 100
             tag = f"mount{index}"
-        merged[tag] = MountSpec(
-            mount.host_path, mount.guest_path, tag, mount.security_model, mount.readonly
+        used.add(tag)
+        merged.append(
+            MountSpec(mount.host_path, mount.guest_path, tag, mount.security_model, mount.readonly)
         )
-    return list(merged.values())
+    return merged
 
 
 def _merge_ports(workload: Workload, cli: list[PortSpec]) -> list[PortSpec]:
-    merged = {p.guest: p for p in workload.vm.ports}
-    for port in cli:
-        merged[port.guest] = port
-    return list(merged.values())
+    """A --port replaces the workload's forward of the same host or guest port."""
+    return list(merge_replacing(workload.vm.ports, cli, ports_clash))
+
+
+def _make_mount_folders(mounts: list[MountSpec]) -> list[Path]:
+    """Create the host folders of mounts that do not exist yet (a workload's GOPATH, say);
+    returns what was made, outermost first, so a failure can remove it again."""
+    made: list[Path] = []
+    for mount in mounts:
+        missing = [p for p in (mount.host_path, *mount.host_path.parents) if not p.exists()]
+        try:
+            for path in reversed(missing):
+                path.mkdir()
+                made.append(path)
+        except OSError as exc:
+            _remove_folders(made)
+            raise UsageError(
+                f"cannot create {mount.host_path} to share it with the guest as "
+                f"{mount.guest_path}: {exc.strerror or exc}",
+                hint="create the folder yourself, or share another one (the workload's vm.mounts)",
+            ) from exc
+        if missing:
+            ui.info(f"created {mount.host_path} to share it with the guest as {mount.guest_path}")
+    return made
+
+
+def _remove_folders(made: list[Path]) -> None:
+    for path in reversed(made):
+        with suppress(OSError):  # something was put in it meanwhile: leave it
+            path.rmdir()
 
 
 def _first(flag: int | None, workload_value: int | None) -> int | None:
@@ -92,8 +134,9 @@ def build_request(
     name = validate_name(options.name) if options.name else random_name(taken)
     workload = resolve(state, ref, name, propagate_proxy=options.propagate_proxy,
                        ca_certs=options.ca_certs, mounts=options.mounts)  # fmt: skip
+    # QEMU's -drive splits its value at commas: a comma in the path is written ",,".
     drives = [
-        f"{d.path},format={d.format}" + (f",{d.options}" if d.options else "")
+        f"{escape(d.path)},format={d.format}" + (f",{d.options}" if d.options else "")
         for d in workload.vm.drives
     ]
     request = instance.CreateRequest(
@@ -116,15 +159,46 @@ def build_request(
     return request, workload
 
 
+def _preflight(state: StateDir, request: instance.CreateRequest, workload: Workload) -> None:
+    """The checks that can be made before anything is made on the host (instance.create
+    makes the rest, and a failure there removes the mount folders made for it)."""
+    from ccloudvm import images
+
+    name = request.name or ""
+    if name in instance_names(state) or state.instance_dir(name).exists():
+        raise UsageError(
+            f"an instance named {name!r} already exists",
+            hint="choose another --name or delete it first",
+        )
+    try:
+        images.load_definition(state, request.image)
+    except NotFoundError:
+        if not any(i.name == request.image for i in images.cached_images(state)):
+            raise
+    for drive in workload.vm.drives:
+        if not drive.path.is_file():
+            raise UsageError(
+                f"drive {drive.path} of workload {workload.name!r} does not exist",
+                hint="create the disk image first or fix vm.drives in the workload",
+            )
+
+
 def create(state: StateDir, ref: str, options: CreateOptions) -> InstanceState:
     request, workload = build_request(state, ref, options)
     reused = _saved_build(state, ref, workload) if options.use_cache and not options.image else None
     if reused is not None:
         ui.info(f"using the saved build {reused} of {workload.name}: nothing to provision")
         request.image = reused
-    inst = instance.create(state, request)
+    _preflight(state, request, workload)
+    # Only the workload's folders are made (a --mount of a missing folder is an error).
+    made = _make_mount_folders([m for m in request.mounts if m in workload.vm.mounts])
+    try:
+        inst = instance.create(state, request)
+    except BaseException:
+        _remove_folders(made)
+        raise
     if workload.provision and reused is None:
-        provision_instance(state, inst.name, workload)
+        provision_instance(state, inst.name, workload, verbose=options.verbose)
     return inst
 
 
@@ -159,21 +233,116 @@ def verify(state: StateDir, name: str) -> tuple[int, int]:
         return provision.run_checks(target, workload.checks)
 
 
-def provision_instance(state: StateDir, name: str, workload: Workload) -> None:
-    """Run the workload's provision steps in a running instance, in order."""
+def provision_log(state: StateDir, name: str) -> Path:
+    """Every provision run's output for instance `name` (appended; `ccloudvm logs NAME
+    --provision` shows it)."""
+    return files_of(state, name).dir / PROVISION_LOG
+
+
+@contextmanager
+def _appending_log(path: Path, title: str) -> Iterator[OutputSink]:
+    """A sink that appends lines to `path`, after a header naming this run."""
+    try:
+        handle = path.open("a", encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise CcloudvmError(f"cannot write the provision log {path}: {exc.strerror}") from exc
+    with handle:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S %z")
+        handle.write(f"\n===== {title}, {stamp}\n")
+        handle.flush()
+
+        def write(line: str) -> None:
+            handle.write(line + "\n")
+            handle.flush()  # a crash or ^C keeps everything up to here
+
+        yield write
+
+
+def provision_instance(
+    state: StateDir, name: str, workload: Workload, *, verbose: bool = False
+) -> None:
+    """Run the workload's provision steps in a running instance, in order; their output
+    is appended to the instance's provision.log (and printed as it comes with verbose)."""
     from ccloudvm import provision
 
     files = files_of(state, name)
-    with instance.connect_target(state, name) as target:
-        try:
-            provision.run_steps(target, workload.provision)
-        except CcloudvmError as exc:
-            exc.hint = (
-                f"the instance stays for inspection: 'ccloudvm logs {name} --cloud-init', "
-                f"'ccloudvm connect {name}'; re-run with 'ccloudvm provision {name}'"
-            )
-            raise
+    load_state(state, name)  # a clear error for a name that is not an instance
+    hint = (
+        f"the instance stays for inspection: 'ccloudvm logs {name} --provision' shows the "
+        f"whole output, 'ccloudvm connect {name}' opens a shell; "
+        f"re-run the steps with 'ccloudvm provision {name}'"
+    )
+    title = f"provision {name} (workload {workload.name})"
+    with (
+        _appending_log(provision_log(state, name), title) as log,
+        instance.connect_target(state, name) as target,
+    ):
+        provision.run_steps(target, workload.provision, verbose=verbose, log=log, failure_hint=hint)
     inst = load_state(state, name)
     inst.provisioned = True
     save_state(files, inst)
     ui.info(f"{name} is provisioned")
+
+
+# ---------------------------------------------------------------- bare metal
+
+
+def _sudo_works() -> bool:
+    """True when `sudo -n` runs without asking for a password."""
+    from ccloudvm.local_target import LocalTarget
+
+    try:
+        status = LocalTarget().run(["true"], sudo=True, output=lambda _line: None)
+    except CcloudvmError:  # no sudo at all
+        return False
+    return status == 0
+
+
+def baremetal_provision(
+    state: StateDir,
+    ref: str,
+    *,
+    yes: bool = False,
+    verbose: bool = False,
+    confirm: Callable[[str], bool] | None = None,
+) -> Workload:
+    """Run workload `ref`'s provision steps on this host, as this user (sudo steps as
+    root through `sudo -n`), through the same code that provisions instances."""
+    from ccloudvm import provision
+    from ccloudvm.local_target import LocalTarget
+
+    workload = resolve(state, ref, _hostname(), bare_metal=True)
+    steps = workload.provision
+    if not steps:
+        raise UsageError(f"workload {workload.name!r} has no provision steps to run here")
+    needs_root = [s.name for s in steps if s.sudo]
+    if needs_root and os.geteuid() != 0 and not _sudo_works():
+        raise UsageError(
+            f"step {needs_root[0]!r} of workload {workload.name!r} runs as root, and sudo -n "
+            "does not work for this user",
+            hint="run as root, or set up passwordless sudo",
+        )
+    summary = f"{len(steps)} provision step(s) of workload {workload.name!r} on this host"
+    if not yes:
+        names = ", ".join(s.name for s in steps)
+        if confirm is None or not sys.stdin.isatty():
+            raise UsageError(
+                f"this would run {summary} ({names}), changing this host",
+                hint="read them with 'ccloudvm workload show', then add --yes",
+            )
+        if not confirm(f"Run {summary} ({names})? This changes this host."):
+            raise UsageError("nothing was run", hint="add --yes to run without asking")
+    provision.run_steps(
+        LocalTarget(),
+        steps,
+        verbose=verbose,
+        failure_hint=f"fix the step, then run 'ccloudvm baremetal provision {ref}' again",
+    )
+    ui.info(f"this host is provisioned with {workload.name}")
+    return workload
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname().split(".", 1)[0] or "localhost"

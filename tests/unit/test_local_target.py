@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ccloudvm.errors import CcloudvmError
+from ccloudvm.errors import CcloudvmError, ToolMissingError
 from ccloudvm.local_target import LocalTarget
 
 
@@ -29,13 +29,51 @@ def test_run_keeps_the_rest_of_the_environment() -> None:
     assert lines == [os.environ["PATH"]]
 
 
-def test_sudo_runs_as_root() -> None:
+def test_sudo_runs_as_root_or_says_why() -> None:
+    lines: list[str] = []
+    try:
+        status = LocalTarget().run(["id", "-u"], sudo=True, output=lines.append, timeout=30)
+    except ToolMissingError as exc:  # a user on a host without sudo: said, not hung
+        assert os.geteuid() != 0 and "sudo" in str(exc)
+        return
+    if os.geteuid() == 0 or status == 0:
+        assert (status, lines) == (0, ["0"])
+    else:  # sudo -n never prompts: it fails at once and says why
+        assert lines and "sudo" in " ".join(lines)
+
+
+def test_sudo_for_a_user_is_sudo_n_with_the_env_passed_through(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A user's sudo step is `sudo -n env K=V... ARGV` (never a password prompt; sudo
+    # resets the environment, so ours is passed explicitly). A stand-in sudo records it.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sudo").write_text('#!/bin/sh\necho "sudo $*"\n[ "$1" = -n ] && shift\nexec "$@"\n')
+    (bin_dir / "sudo").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    lines: list[str] = []
+    status = LocalTarget().run(
+        ["sh", "-c", 'echo "got $GREETING"'], env={"GREETING": "hi"}, sudo=True,
+        output=lines.append,
+    )  # fmt: skip
+    assert status == 0
+    assert lines == ['sudo -n env GREETING=hi sh -c echo "got $GREETING"', "got hi"]
+
+
+def test_sudo_that_wants_a_password_fails_instead_of_prompting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sudo").write_text("#!/bin/sh\necho 'sudo: a password is required'\nexit 1\n")
+    (bin_dir / "sudo").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
     lines: list[str] = []
     status = LocalTarget().run(["id", "-u"], sudo=True, output=lines.append)
-    if os.geteuid() == 0:
-        assert (status, lines) == (0, ["0"])
-    else:  # sudo -n never prompts: it either works or says why
-        assert status == 0 and lines == ["0"] or status != 0
+    assert (status, lines) == (1, ["sudo: a password is required"])
 
 
 def test_timeout_kills_and_says_so() -> None:

@@ -15,9 +15,9 @@ from ccloudvm.errors import UsageError
 from ccloudvm.hostinfo import HostUser
 from ccloudvm.local_target import LocalTarget
 from ccloudvm.paths import StateDir
-from ccloudvm.provision import StepFailed, run_checks, run_steps
+from ccloudvm.provision import StepFailed, fetch_to_cache, run_checks, run_steps
 from ccloudvm.proxy import ProxySettings
-from ccloudvm.templating import TemplateContext
+from ccloudvm.templating import Download, TemplateContext
 from ccloudvm.workload import Check, ProvisionStep, load_workload
 from tests.support.httpserver import serve_directory
 
@@ -110,7 +110,16 @@ def test_success_lines(capsys: pytest.CaptureFixture[str]) -> None:
 def test_log_receives_every_line(tmp_path: Path) -> None:
     lines: list[str] = []
     run_steps(LocalTarget(), [ProvisionStep(name="a", script="echo x; echo y\n")], log=lines.append)
-    assert lines == ["==> step 1: a", "x", "y"]
+    assert lines[:3] == ["==> step 1/1: a", "x", "y"]
+    assert re.fullmatch(r"<== step 1/1: a: OK \(\d+\.\d s\)", lines[3]) and len(lines) == 4
+    lines.clear()
+    with pytest.raises(StepFailed):
+        run_steps(
+            LocalTarget(), [ProvisionStep(name="r", script="echo z; exit 5\n", sudo=True)],
+            log=lines.append,
+        )  # fmt: skip
+    assert lines[:2] == ["==> step 1/1: r (as root)", "z"]
+    assert lines[2].startswith("<== step 1/1: r: FAIL (exit status 5)")
 
 
 def test_copy_step_installs_the_file_with_its_mode(tmp_path: Path) -> None:
@@ -192,9 +201,29 @@ def test_run_checks_counts_and_prints_the_summary(capsys: pytest.CaptureFixture[
     captured = capsys.readouterr()
     assert captured.out.splitlines()[-1] == "2 passed, 1 failed"
     assert "fails ... FAIL" in captured.err and "reason it failed" in captured.err
-    assert "passes ... OK" in captured.err
+    assert re.search(r"^passes \.\.\. PASS \(\d+\.\d s\)$", captured.err, re.MULTILINE)
+    assert "passes too ... PASS" in captured.err
 
 
 def test_no_checks_still_prints_a_summary(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_checks(LocalTarget(), []) == (0, 0)
     assert capsys.readouterr().out.strip() == "0 passed, 0 failed"
+
+
+def test_downloads_of_a_workload_from_a_url_are_checked_again_when_fetched(
+    tmp_path: Path, no_proxy_env: None
+) -> None:
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "f").write_bytes(b"data")
+    with serve_directory(www) as (base_url, server):
+        url = base_url.rstrip("/") + "/f"
+        with pytest.raises(UsageError, match="may not fetch from 127.0.0.1"):
+            fetch_to_cache(url, tmp_path / "cache" / "f", public_only=True)
+        assert server.requests == [] and not (tmp_path / "cache" / "f").exists()
+        item = Download(url, tmp_path / "cache" / "g", "dl-g", str(tmp_path / "g"), restricted=True)
+        with pytest.raises(UsageError, match="may not fetch"):
+            run_steps(LocalTarget(), [ProvisionStep(name="s", script="true\n", uploads=(item,))])
+        assert server.requests == []
+        fetch_to_cache(url, tmp_path / "cache" / "f")  # a local workload's download is fine
+    assert (tmp_path / "cache" / "f").read_bytes() == b"data"

@@ -1,0 +1,343 @@
+"""create / provision / logs / baremetal provision, through the CLI, with the VM replaced
+by this host: `instance.create` only records an instance and `connect_target` hands out a
+LocalTarget, so the steps really run (here) and everything else is the real code."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ccloudvm import instance, workflow
+from ccloudvm.cli import main
+from ccloudvm.instance_state import ImageRef, InstanceState, files_of, load_state, save_state
+from ccloudvm.local_target import LocalTarget
+from ccloudvm.paths import StateDir
+
+WORKLOADS = Path(__file__).resolve().parents[1] / "workloads"
+
+
+@pytest.fixture
+def state() -> StateDir:
+    return StateDir.from_env()  # the per-test CCLOUDVM_HOME of conftest.py
+
+
+@pytest.fixture
+def fake_vm(monkeypatch: pytest.MonkeyPatch, state: StateDir) -> list[instance.CreateRequest]:
+    """instance.create records the instance without booting; steps run on this host."""
+    made: list[instance.CreateRequest] = []
+
+    def create(st: StateDir, req: instance.CreateRequest) -> InstanceState:
+        for mount in req.mounts:
+            assert mount.host_path.is_dir()  # what the real one checks first
+        made.append(req)
+        files = files_of(st, req.name or "x")
+        files.dir.mkdir(parents=True)
+        inst = InstanceState(
+            name=req.name or "x", workload=req.workload,
+            image=ImageRef(name=req.image, key="k", disk="/nonexistent.qcow2"),
+            mem_mib=1024, cpus=1, disk_gib=10, host_ip="127.0.0.2", ssh_port=2222,
+            guest_user="u", workload_ref=req.workload_ref,
+        )  # fmt: skip
+        save_state(files, inst)
+        return inst
+
+    monkeypatch.setattr(instance, "create", create)
+    monkeypatch.setattr(
+        instance, "connect_target", lambda st, name: contextlib.nullcontext(LocalTarget(name))
+    )
+    return made
+
+
+def cli(*args: str) -> int:
+    try:
+        main(list(args))
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("error:")]
+
+
+STEPS = """image: debian-12
+provision:
+  - name: first step
+    run: echo "first output"; echo first > {out}/first
+  - name: second step
+    run: |
+      echo "line before the failure"
+      {second}
+  - name: third step
+    run: touch {out}/third
+"""
+
+
+def test_a_failing_step_stops_create_keeps_the_instance_and_says_where_to_look(
+    fake_vm: list[instance.CreateRequest],
+    state: StateDir,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    workload = tmp_path / "w.yaml"
+    workload.write_text(STEPS.format(out=tmp_path, second="exit 3"))
+    assert cli("create", str(workload), "--name", "t1") == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert re.search(r"first step \.\.\. OK", err) and "second step ... FAIL" in err
+    assert "line before the failure" in err  # the step's last lines
+    (line,) = error_lines(err)
+    assert "provision step 'second step' failed with exit status 3" in line
+    assert "ccloudvm logs t1 --provision" in line and "ccloudvm connect t1" in line
+    assert not (tmp_path / "third").exists()
+    inst = load_state(state, "t1")  # kept for inspection
+    assert inst.provisioned is False
+    log = workflow.provision_log(state, "t1").read_text()
+    assert "===== provision t1 (workload w)" in log
+    assert "==> step 1/3: first step\nfirst output\n<== step 1/3: first step: OK" in log
+    assert "line before the failure\n<== step 2/3: second step: FAIL (exit status 3)" in log
+
+    # logs --provision shows it; provision --verbose re-runs the steps, printing as it goes
+    assert cli("logs", "t1", "--provision") == 0
+    assert capsys.readouterr().out == log
+    workload.write_text(STEPS.format(out=tmp_path, second="echo fixed now"))
+    assert cli("provision", "t1", "--verbose") == 0
+    err = capsys.readouterr().err
+    assert "  first output" in err and "  fixed now" in err and "third step ... OK" in err
+    assert load_state(state, "t1").provisioned is True
+    log = workflow.provision_log(state, "t1").read_text()
+    assert log.count("===== provision t1") == 2 and "fixed now" in log  # appended
+
+
+def test_create_verbose_prints_the_output_as_it_comes_and_keeps_it(
+    fake_vm: list[instance.CreateRequest],
+    state: StateDir,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    workload = tmp_path / "w.yaml"
+    workload.write_text(STEPS.format(out=tmp_path, second="echo second output"))
+    assert cli("create", str(workload), "--name", "quiet") == 0
+    err = capsys.readouterr().err
+    assert "first output" not in err  # not verbose: only the OK lines
+    assert "first output" in workflow.provision_log(state, "quiet").read_text()
+    assert cli("create", str(workload), "--name", "loud", "--verbose") == 0
+    assert "  second output" in capsys.readouterr().err
+
+
+def test_logs_provision_before_any_provisioning_is_one_line(
+    fake_vm: list[instance.CreateRequest], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli("create", "debian", "--name", "plain") == 0
+    capsys.readouterr()
+    assert cli("logs", "plain", "--provision") == 2
+    (line,) = error_lines(capsys.readouterr().err)
+    assert "'plain' has no provision log yet" in line and "ccloudvm provision plain" in line
+    assert cli("logs", "plain", "--provision", "--cloud-init") == 2
+
+
+# ------------------------------------------------------------------ shared folders
+
+
+MOUNT = "image: {image}\nvm:\n  mounts: [{{host: {host}, guest: /data}}]\n"
+
+
+def test_a_failed_create_makes_no_folders_on_the_host(
+    fake_vm: list[instance.CreateRequest], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "new" / "deeper"
+    workload = tmp_path / "w.yaml"
+    workload.write_text(MOUNT.format(image="no-such-image", host=folder))
+    assert cli("create", str(workload), "--name", "m1") == 2
+    assert "no image definition called 'no-such-image'" in error_lines(capsys.readouterr().err)[0]
+    assert not (tmp_path / "new").exists()
+    assert fake_vm == []
+
+
+def test_folders_made_for_a_create_that_fails_later_are_removed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def failing_create(st: StateDir, req: instance.CreateRequest) -> InstanceState:
+        assert all(m.host_path.is_dir() for m in req.mounts)
+        raise workflow.UsageError("--mem 10 MiB is out of range")
+
+    monkeypatch.setattr(instance, "create", failing_create)
+    workload = tmp_path / "w.yaml"
+    workload.write_text(MOUNT.format(image="debian-12", host=tmp_path / "new" / "deeper"))
+    assert cli("create", str(workload), "--name", "m2") == 2
+    assert "--mem 10 MiB is out of range" in error_lines(capsys.readouterr().err)[0]
+    assert not (tmp_path / "new").exists()
+
+
+def test_missing_workload_folders_are_made_just_before_the_instance(
+    fake_vm: list[instance.CreateRequest], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "gopath"
+    workload = tmp_path / "w.yaml"
+    workload.write_text(MOUNT.format(image="debian-12", host=folder))
+    assert cli("create", str(workload), "--name", "m3") == 0
+    assert folder.is_dir()
+    assert f"created {folder}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["/sys/ccloudvm-test/gopath", "FILE/sub"])
+def test_a_folder_that_cannot_be_made_is_one_line(
+    where: str,
+    fake_vm: list[instance.CreateRequest],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    host = where.replace("FILE", str(tmp_path / "file"))
+    workload = tmp_path / "w.yaml"
+    workload.write_text(MOUNT.format(image="debian-12", host=host))
+    assert cli("create", str(workload), "--name", "m4") == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = error_lines(err)
+    assert f"cannot create {host} to share it with the guest as /data" in line
+    assert fake_vm == []
+
+
+# ------------------------------------------------------------------ drives and CLI merging
+
+
+def test_commas_in_drive_paths_are_escaped_for_qemu(
+    state: StateDir, tmp_path: Path, fake_vm: list[instance.CreateRequest]
+) -> None:
+    disk = tmp_path / "my,disk.img"
+    disk.write_bytes(b"")
+    workload = tmp_path / "w.yaml"
+    workload.write_text(
+        f"image: debian-12\nvm:\n  drives: [{{path: '{disk}', format: raw, options: cache=none}}]\n"
+    )
+    request, _ = workflow.build_request(state, str(workload), workflow.CreateOptions(name="d1"))
+    assert request.drives == [f"{tmp_path}/my,,disk.img,format=raw,cache=none"]
+
+
+def test_a_missing_drive_is_refused_before_anything_is_made(
+    fake_vm: list[instance.CreateRequest], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    workload = tmp_path / "w.yaml"
+    workload.write_text(f"image: debian-12\nvm:\n  drives: [{{path: {tmp_path}/none.img}}]\n")
+    assert cli("create", str(workload), "--name", "d2") == 2
+    assert f"drive {tmp_path}/none.img of workload 'w' does not exist" in capsys.readouterr().err
+    assert fake_vm == []
+
+
+def test_cli_ports_and_mounts_replace_the_workloads_clashing_ones(
+    fake_vm: list[instance.CreateRequest], tmp_path: Path
+) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    workload = tmp_path / "w.yaml"
+    workload.write_text(
+        "image: debian-12\nvm:\n  ports: ['8080:80', 9000]\n"
+        f"  mounts: [{{host: {tmp_path / 'a'}, guest: /data}}]\n"
+    )
+    args = ["--port", "8080:443", "--mount", f"{tmp_path / 'b'}:/data"]
+    assert cli("create", str(workload), "--name", "p1", *args) == 0
+    (request,) = fake_vm
+    assert [str(p) for p in request.ports] == ["8080:443", "9000:9000"]
+    assert [(str(m.host_path), m.guest_path) for m in request.mounts] == [
+        (str(tmp_path / "b"), "/data")
+    ]
+
+
+# ------------------------------------------------------------------ bare metal
+
+
+@pytest.fixture
+def test_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "metal"
+    folder.mkdir()
+    monkeypatch.setenv("CCLOUDVM_TEST_DIR", str(folder))
+    return folder
+
+
+BAREMETAL = str(WORKLOADS / "baremetal-provision.yaml")
+
+
+def test_baremetal_provision_runs_the_steps_here(
+    test_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # As root the sudo step runs directly; otherwise through `sudo -n`, here a stand-in
+    # that runs the command as the same user, so the test changes nothing outside test_dir.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sudo").write_text('#!/bin/sh\n[ "$1" = -n ] && shift\nexec "$@"\n')
+    (bin_dir / "sudo").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    assert cli("baremetal", "provision", BAREMETAL, "--yes") == 0
+    err = capsys.readouterr().err
+    assert re.search(r"write as the user \.\.\. OK \(\d+\.\d s\)", err)
+    assert "write as root ... OK" in err and "only in a VM" not in err
+    user = pwd.getpwuid(os.getuid()).pw_name
+    assert (test_dir / "who").read_text() == f"{user} True\n"  # the host user, bare_metal set
+    assert (test_dir / "root-id").read_text() == f"{os.geteuid()}\n"
+    assert not (test_dir / "vm-only").exists()
+
+
+def test_baremetal_provision_asks_first(test_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli("baremetal", "provision", BAREMETAL) == 2  # stdin is not a terminal here
+    (line,) = error_lines(capsys.readouterr().err)
+    assert "this would run 2 provision step(s) of workload 'baremetal-provision'" in line
+    assert "changing this host" in line and "--yes" in line
+    assert list(test_dir.iterdir()) == []
+
+
+def test_baremetal_provision_refuses_sudo_steps_without_passwordless_sudo(
+    test_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An ordinary user whose sudo wants a password: run as nobody with a sudo that says so.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    sudo = bin_dir / "sudo"
+    sudo.write_text("#!/bin/sh\necho 'sudo: a password is required' >&2\nexit 1\n")
+    sudo.chmod(0o755)
+    code = (
+        "import os, sys\n"
+        "os.geteuid = lambda: 65534\n"
+        "from ccloudvm.cli import main\n"
+        f"main(['baremetal', 'provision', {BAREMETAL!r}, '--yes'])\n"
+    )
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    result = subprocess.run(  # noqa: S603 - fixed argv
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False,
+        cwd=Path(__file__).resolve().parents[2], timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    (line,) = [x for x in result.stderr.splitlines() if x.strip()]
+    assert "step 'write as root' of workload 'baremetal-provision' runs as root" in line
+    assert "passwordless sudo" in line
+    assert list(test_dir.iterdir()) == []  # nothing ran
+
+
+def test_a_failing_baremetal_step_is_one_line_with_what_to_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    workload = tmp_path / "fails.yaml"
+    workload.write_text("image: debian-12\nprovision: [{name: bad, run: 'echo why; exit 4'}]\n")
+    assert cli("baremetal", "provision", str(workload), "--yes") == 2
+    err = capsys.readouterr().err
+    assert "bad ... FAIL" in err and "why" in err
+    (line,) = error_lines(err)
+    assert "provision step 'bad' failed with exit status 4" in line
+    assert f"ccloudvm baremetal provision {workload}" in line
+
+
+@pytest.fixture(autouse=True)
+def _no_stdin_terminal(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: False, raising=False)
+    yield
