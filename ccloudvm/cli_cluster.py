@@ -90,4 +90,19 @@ for _action in cluster.ACTIONS:
     cluster_group.add_command(_vm_action(_action))
     baremetal_group.add_command(_host_action(_action))
 
+
+@baremetal_group.command("provision")
+@click.argument("workload")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation: this changes this host.")
+@click.option("-v", "--verbose", is_flag=True, help="Show the steps' output as it comes.")
+def baremetal_provision(workload: str, yes: bool, verbose: bool) -> None:
+    """Run WORKLOAD's provision steps on this host, the very steps a VM of it gets
+    (`only: vm` steps skipped), as you; `sudo: true` steps as root through sudo -n.
+    Asks first unless --yes; see them with 'ccloudvm workload show WORKLOAD'."""
+    workflow.baremetal_provision(
+        StateDir.from_env(), workload, yes=yes, verbose=verbose,
+        confirm=lambda question: click.confirm(question, default=False, err=True),
+    )  # fmt: skip
+
+
 commands = [cluster_group, baremetal_group]
