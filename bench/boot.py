@@ -5,7 +5,9 @@ same VM size, median of --runs:
 
   A  naive: the stock image and stock cloud-init (four cloud-init units, full initrd,
      data source probing, every host key type generated), SSH polled every 2 s
-  B  `ccloudvm create debian` with everything ccloudvm does to boot fast
+  B  `ccloudvm create debian` with everything ccloudvm does to boot fast: a warm boot
+     from the image's snapshot (the first create of a size makes the snapshot; that
+     one is printed on its own, and so is a cold create, CCLOUDVM_WARM_BOOT=0)
   C  `ccloudvm create` of a workload that was built before (saved image reused)
   D  the floor: the same kernel and initrd booted to its first userspace step
 Also: B + provisioning (create --no-cache of the same workload), the first and a
@@ -48,12 +50,12 @@ CPUS = "2"
 BENCH_WORKLOAD = str(ROOT / "bench" / "workloads" / "bench-provision.yaml")
 
 
-def ccloudvm(home: Path, *args: str) -> float:
+def ccloudvm(home: Path, *args: str, env: dict[str, str] | None = None) -> float:
     """Run the real CLI; return its wall time in seconds."""
     start = time.monotonic()
     subprocess.run(  # noqa: S603 - fixed argv
         [sys.executable, "-m", "ccloudvm", *args],
-        env={**os.environ, "CCLOUDVM_HOME": str(home)},
+        env={**os.environ, "CCLOUDVM_HOME": str(home), **(env or {})},
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         check=True, cwd=ROOT,
     )  # fmt: skip
@@ -239,6 +241,8 @@ def main() -> None:
     os.environ["CCLOUDVM_HOME"] = str(home)
     for name in list((home / "instances").glob("*")):  # left over from an interrupted run
         shutil.rmtree(name, ignore_errors=True)
+    # Snapshots from earlier runs would make the first create look like a later one.
+    shutil.rmtree(home / "cache" / "warm", ignore_errors=True)
 
     acc = accel.detect(mode=accel.requested_mode(None), run_dir=state.run)
     print(f"host: {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
@@ -258,14 +262,18 @@ def main() -> None:
     d, d_runs = median_of(args.runs, lambda i: floor_boot(image))
     a, a_runs = median_of(args.runs, lambda i: naive_boot(state, stock, i))
 
-    def plain_create(i: int) -> float:
+    def plain_create(i: int, prefix: str = "bench-b", env: dict[str, str] | None = None) -> float:
+        name = f"{prefix}{i}"
         seconds = ccloudvm(
-            home, "create", "debian", "--name", f"bench-b{i}", "--mem", MEM, "--cpus", CPUS
+            home, "create", "debian", "--name", name, "--mem", MEM, "--cpus", CPUS, env=env
         )
-        ccloudvm(home, "delete", f"bench-b{i}")
+        ccloudvm(home, "delete", name)
         return seconds
 
+    b_first = plain_create(0, "bench-first")  # makes the warm-boot snapshot of this size
     b, b_runs = median_of(args.runs, plain_create)
+    cold = {"CCLOUDVM_WARM_BOOT": "0"}
+    b_cold, b_cold_runs = median_of(args.runs, lambda i: plain_create(i, "bench-cold", cold))
     provisioned = ccloudvm(
         home,
         "create",
@@ -295,13 +303,20 @@ def main() -> None:
 
     print(f"A naive boot to ready        {a:6.1f} s   ({fmt(a_runs)})")
     print(f"B ccloudvm create            {b:6.1f} s   ({fmt(b_runs)})")
+    print(f"  first create of this size  {b_first:6.1f} s   (boots once, saves the snapshot)")
+    print(
+        f"  cold create                {b_cold:6.1f} s   ({fmt(b_cold_runs)}; CCLOUDVM_WARM_BOOT=0)"
+    )
     print(
         f"  B + provisioning           {provisioned:6.1f} s   (create --no-cache of bench-provision)"
     )
     print(f"  ccloudvm build             {build:6.1f} s")
     print(f"C create from a saved build  {c:6.1f} s   ({fmt(c_runs)})")
     print(f"D kernel to first userspace  {d:6.1f} s   ({fmt(d_runs)})")
-    print(f"A/B = {a / b:.2f}   (B + provisioning)/C = {provisioned / c:.2f}   C/B = {c / b:.2f}")
+    print(
+        f"A/B = {a / b:.2f}   (B + provisioning)/C = {provisioned / c:.2f}   C/B = {c / b:.2f}   "
+        f"cold/warm = {b_cold / b:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -159,6 +159,7 @@ def build(state: StateDir, ref: str, options: Any) -> images.BaseImage:
                 images.remove_image(old)
         image = save_instance(state, inst.name, image_name, offline_generalise=False)
         _record_build(state, key, image, workload.name)
+        instance.prepare_warm_boot(state, inst, image)
     finally:
         instance.delete(state, inst.name)
     return image

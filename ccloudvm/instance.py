@@ -9,6 +9,7 @@ instance stays for inspection (`logs`, `connect`) and `delete` removes it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import shutil
 import time
@@ -369,6 +370,8 @@ def create(state: StateDir, req: CreateRequest) -> InstanceState:
                 _make_overlay(files.disk, base.disk, disk, None)
                 inst.warm_snapshot = None
                 save_state(files, inst)
+                if snapshot is not None:  # only a restore raises WarmBootFailed
+                    _discard_unless_used(state, snapshot)
                 _launch(state, files, inst, acc)
             launched = True
             _wait_ready(state, files, inst, req.timeout).close()
@@ -398,6 +401,36 @@ def _warm_snapshot(
     except warmboot.WarmBootFailed as exc:
         ui.warn(f"no warm-boot snapshot of {base.name} ({exc}); booting {inst.name} cold")
         return None
+
+
+def _discard_unless_used(state: StateDir, snapshot: warmboot.Snapshot) -> None:
+    """Drop a snapshot that failed to load, so the next create makes a new one; one that
+    backs an instance's disk stays (the instance needs its disk layer)."""
+    if str(snapshot.directory) not in {s.warm_snapshot for s in all_states(state)}:
+        shutil.rmtree(snapshot.directory, ignore_errors=True)
+
+
+def prepare_warm_boot(state: StateDir, inst: InstanceState, image: images.BaseImage) -> None:
+    """Make `image`'s snapshot for instances shaped like `inst` now (after `image save` of
+    a build), so that the first create from it starts warm too. Failing is not an error."""
+    if not (image.warm_boot and inst.mount_slots and warmboot.enabled()):
+        return
+    like = dataclasses.replace(
+        inst,
+        image=ImageRef(
+            name=image.name, key=image.key, disk=str(image.disk),
+            kernel=str(image.kernel) if image.kernel else None,
+            initrd=str(image.initrd) if image.initrd else None,
+            cmdline=image.cmdline, warm_boot=True,
+        ),
+    )  # fmt: skip
+    acc = accel.detect(mode=inst.accel_mode, run_dir=state.run, probe_kernel=image.kernel)
+    try:
+        warmboot.ensure_snapshot(
+            state, image, _machine(state, files_of(state, inst.name), like, acc)
+        )
+    except warmboot.WarmBootFailed as exc:
+        ui.warn(f"no warm-boot snapshot of {image.name} ({exc}); its instances will boot cold")
 
 
 def _make_overlay(
@@ -506,6 +539,8 @@ def status(state: StateDir, name: str) -> dict[str, Any]:
         "cpus": inst.cpus,
         "disk_gib": inst.disk_gib,
         "accel": inst.accel_used,
+        # How it first booted: from a warm-boot snapshot of its image, or cold.
+        "boot": "warm" if inst.warm_snapshot else "cold",
         "ssh": f"{inst.guest_user}@{inst.host_ip}:{inst.ssh_port}",
         "ports": [f"{inst.host_ip}:{p.host}->{p.guest}" for p in inst.port_specs()],
         "mounts": [f"{m.host_path}->{m.guest_path}" for m in inst.mount_specs()],

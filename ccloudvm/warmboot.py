@@ -193,7 +193,10 @@ def _make(
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix=".making-", dir=folder.parent))
     try:
-        cfg = _boot_and_save(image, template, qemu_bin, tmp)
+        state.run.mkdir(parents=True, exist_ok=True)
+        # The monitor socket lives in a short path: unix sockets allow 107 bytes.
+        with tempfile.TemporaryDirectory(prefix="warm-", dir=state.run) as sockets:
+            cfg = _boot_and_save(image, template, qemu_bin, tmp, Path(sockets) / "qmp")
         (tmp / META).write_text(
             json.dumps(
                 {
@@ -218,7 +221,7 @@ def _make(
 
 
 def _boot_and_save(
-    image: BaseImage, template: qemu.MachineConfig, qemu_bin: str, tmp: Path
+    image: BaseImage, template: qemu.MachineConfig, qemu_bin: str, tmp: Path, qmp_socket: Path
 ) -> qemu.MachineConfig:
     run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", image.disk, tmp / DISK])
     blank_seed = tmp / "blank-seed"
@@ -231,7 +234,7 @@ def _boot_and_save(
         seed=blank_seed,
         host_ip="127.0.0.1",
         ssh_port=pick_ssh_port("127.0.0.1", 20022),
-        qmp_socket=tmp / "qmp",
+        qmp_socket=qmp_socket,
         serial_log=tmp / "serial.log",
         pidfile=tmp / "qemu.pid",
     )

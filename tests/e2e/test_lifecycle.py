@@ -2,7 +2,9 @@
 
 One boot covers create -> run -> 9p mount -> forwarded port -> copy both ways; then
 stop -> start (data kept), QEMU killed behind our back -> status says so -> start
-recovers, and delete leaves no process, socket or directory.
+recovers, and delete leaves no process, socket or directory. The first create makes the
+image's warm-boot snapshot; a second create reuses it, and a damaged one falls back to
+a cold boot.
 """
 
 from __future__ import annotations
@@ -52,14 +54,18 @@ def test_instance_lifecycle(cli: CLI, tmp_path: Path, served_image) -> None:  # 
     assert first.code == 1, first.err
     assert "resumes on the next run" in first.err and "Traceback" not in first.err
     assert not (cli.home / "instances" / NAME).exists(), "a failed create must leave nothing behind"
-    cli("create", "debian", "--name", NAME, "--mem", "1024", "--cpus", "2", "--disk", "8",
-        "--mount", f"{shared}:/mnt/shared", "--port", "18080:8000")  # fmt: skip
+    created = cli("create", "debian", "--name", NAME, "--mem", "1024", "--cpus", "2", "--disk", "8",
+                  "--mount", f"{shared}:/mnt/shared", "--port", "18080:8000")  # fmt: skip
+    # The first create of this size boots the image once for a snapshot, then starts
+    # the instance from it (warm boot).
+    assert "warm-boot snapshot of debian-12 made" in created.err, created.err
     seen = [(r.path, r.headers.get("Range")) for r in served_image.server.requests]
     assert ("/disk.qcow2", f"bytes={4 * 2**20}-") in seen, f"the download was not resumed: {seen}"
 
     instance_dir = cli.home / "instances" / NAME
     status = json.loads(cli("status", NAME, "--json").out)
     assert status["state"] == "running"
+    assert status["boot"] == "warm"
     host_ip = status["ssh"].split("@")[1].split(":")[0]
     assert host_ip.startswith("127."), "SSH must be forwarded on a loopback address only"
 
@@ -68,6 +74,15 @@ def test_instance_lifecycle(cli: CLI, tmp_path: Path, served_image) -> None:  # 
     assert cli("run", NAME, "--", "systemctl", "--failed", "--no-legend").out.strip() == ""
     result = json.loads(cli("run", NAME, "--", "cat", "/run/cloud-init/result.json").out)
     assert result["v1"]["errors"] == []
+
+    # A restored guest still gets what it asked for: the --disk size (grown after the
+    # restore, filled by cloud-init's resize), --mem, and a clock that follows the host's.
+    df = cli("run", NAME, "--", "df", "--block-size=1M", "--output=size", "/").out.split()
+    assert 7 * 1024 < int(df[-1]) <= 8 * 1024, df
+    meminfo = cli("run", NAME, "--", "grep", "MemTotal", "/proc/meminfo").out.split()
+    assert 900 * 1024 < int(meminfo[1]) <= 1024 * 1024, meminfo
+    guest_clock = int(cli("run", NAME, "--", "date", "+%s").out)
+    assert abs(guest_clock - time.time()) < 60, "the restored guest's clock was not set"
 
     uname = cli("run", NAME, "--", "uname", "-s")
     assert uname.out.strip() == "Linux"
@@ -153,6 +168,26 @@ def test_instance_lifecycle(cli: CLI, tmp_path: Path, served_image) -> None:  # 
         ["pgrep", "-f", str(instance_dir)], capture_output=True, text=True, check=False
     )  # noqa: S603,S607
     assert leftover.stdout.strip() == ""
+
+    # The next create of the same size starts from the same snapshot, making nothing new.
+    again = cli("create", "debian", "--name", "e2e-again", "--mem", "1024", "--cpus", "2",
+                "--disk", "8")  # fmt: skip
+    assert "snapshot" not in again.err, again.err
+    assert json.loads(cli("status", "e2e-again", "--json").out)["boot"] == "warm"
+    assert cli("run", "e2e-again", "--", "hostname").out.strip() == "e2e-again"
+    cli("delete", "e2e-again")
+    assert not (cli.home / "instances" / "e2e-again").exists()
+
+    # A damaged snapshot is no reason to fail: create says so, boots cold, and drops it.
+    (snapshot,) = (cli.home / "cache" / "warm").glob("debian-12-*/*/state.bin")
+    snapshot.write_bytes(snapshot.read_bytes()[: 2**20])
+    cold = cli("create", "debian", "--name", "e2e-cold", "--mem", "1024", "--cpus", "2",
+               "--disk", "8")  # fmt: skip
+    assert "could not start from the warm-boot snapshot" in cold.err, cold.err
+    assert json.loads(cli("status", "e2e-cold", "--json").out)["boot"] == "cold"
+    assert cli("run", "e2e-cold", "--", "hostname").out.strip() == "e2e-cold"
+    assert not snapshot.parent.exists(), "a broken snapshot nobody uses must go"
+    cli("delete", "e2e-cold")
 
 
 def test_qemu_refusing_to_start_says_why_and_leaves_nothing(cli: CLI, tmp_path: Path) -> None:
