@@ -176,9 +176,18 @@ def create(workload: str, name: str | None, mem: int | None, cpus: int | None, d
 @cli.command()
 @click.argument("name", required=False)
 @click.option("--timeout", type=float, default=instance.BOOT_TIMEOUT, show_default=True)
-def start(name: str | None, timeout: float) -> None:
+@click.option(
+    "--accel",
+    type=click.Choice(["auto", "kvm", "tcg"]),
+    help="Accelerator for this and later boots (default: what create chose, or $CCLOUDVM_ACCEL).",
+)
+def start(name: str | None, timeout: float, accel: str | None) -> None:
     """Boot a stopped instance (also recovers one whose QEMU died)."""
-    instance.start(_state(), _pick_instance(name), timeout)
+    from ccloudvm import accel as accel_mod
+
+    chosen = accel or os.environ.get(accel_mod.ENV_ACCEL)
+    mode = accel_mod.requested_mode(chosen) if chosen else None
+    instance.start(_state(), _pick_instance(name), timeout, accel_mode=mode)
 
 
 @cli.command()
@@ -234,7 +243,12 @@ def teardown(yes: bool) -> None:
 def instances_command(as_json: bool) -> None:
     """List instances with their state and how to reach them."""
     state = _state()
-    rows = [instance.status(state, n) for n in instance_names(state)]
+    rows = []
+    for name in instance_names(state):
+        try:
+            rows.append(instance.status(state, name))
+        except CcloudvmError as exc:  # one damaged instance must not hide the others
+            ui.warn(str(exc))
     if as_json:
         _print_json(rows)
         return
@@ -418,6 +432,11 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         ui.console.print("interrupted")
         sys.exit(130)
+    except OSError as exc:  # the host refused something we did not foresee: still one line
+        if _debug:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        _fail(f"{exc.strerror or exc}{where}", "run with --debug for the details", 1)
 
 
 def _fail(message: str, hint: str | None, code: int) -> NoReturn:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import re
 import shutil
 import time
 import uuid
@@ -27,6 +28,7 @@ from ccloudvm.instance_state import (
     InstanceState,
     all_states,
     allocate_host_ip,
+    check_port_allowed,
     files_of,
     instance_lock,
     instance_names,
@@ -91,6 +93,23 @@ def _check_sizes(req: CreateRequest) -> tuple[int, int, int]:
     return mem, cpus, disk
 
 
+def _check_disk_room(state: StateDir, disk_gib: int) -> None:
+    """The overlay grows as the guest writes: refuse a size the host's file system could
+    never hold, warn when it is more than is free now."""
+    usage = shutil.disk_usage(state.root)
+    if disk_gib * 2**30 > usage.total:
+        raise UsageError(
+            f"--disk {disk_gib} GiB is larger than the file system holding {state.root} "
+            f"({usage.total / 2**30:.0f} GiB)",
+            hint="choose a smaller --disk, or set CCLOUDVM_HOME to a larger file system",
+        )
+    if disk_gib * 2**30 > usage.free:
+        ui.warn(
+            f"--disk {disk_gib} GiB is more than the {usage.free / 2**30:.0f} GiB free on "
+            f"{state.root}; the VM stops if the host's disk fills up"
+        )
+
+
 def _check_mounts(mounts: list[MountSpec], user: HostUser) -> list[MountSpec]:
     resolved = []
     seen_tags: set[str] = set()
@@ -113,9 +132,15 @@ def _check_mounts(mounts: list[MountSpec], user: HostUser) -> list[MountSpec]:
     return resolved
 
 
+def drive_path(drive: str) -> str:
+    """The file of a QEMU drive string "PATH[,option...]", where a comma inside PATH is
+    written ",," (QEMU's escape)."""
+    return re.split(r"(?<!,),(?!,)", drive.replace(",,", "\0"), maxsplit=1)[0].replace("\0", ",")
+
+
 def _check_drives(drives: list[str]) -> None:
     for drive in drives:
-        path = Path(drive.split(",", 1)[0]).expanduser()
+        path = Path(drive_path(drive)).expanduser()
         if not path.is_file():
             raise UsageError(
                 f"drive {path} does not exist",
@@ -129,6 +154,7 @@ def _check_ports(ports: list[PortSpec], host_ip: str) -> None:
         if port.host in seen:
             raise UsageError(f"host port {port.host} is forwarded twice")
         seen.add(port.host)
+        check_port_allowed(host_ip, port.host)  # "needs root" is not "in use"
         if not port_free(host_ip, port.host):
             raise UsageError(
                 f"port {port.host} on {host_ip} is already in use",
@@ -246,9 +272,12 @@ def _wait_ready(
     code, result = target.run_capture(["cat", "/run/cloud-init/result.json"])
     errors = ready.cloud_init_errors(result) if code == 0 else []
     if errors:
-        ui.warn(
-            f"cloud-init reported errors in {inst.name!r}: {'; '.join(errors)[:300]} "
-            f"(see 'ccloudvm logs {inst.name} --cloud-init')"
+        target.close()
+        raise ready.BootFailed(
+            f"cloud-init reported errors in {inst.name!r}: {'; '.join(errors)[:300]}; "
+            "last console lines:\n" + ready.log_tail(files.serial),
+            hint=f"'ccloudvm logs {inst.name} --cloud-init' shows its log; the instance is "
+            f"running for 'ccloudvm connect {inst.name}', and 'ccloudvm delete {inst.name}' removes it",
         )
     ui.info(f"{inst.name} is ready ({time.monotonic() - start:.1f} s, {inst.accel_used})")
     return target
@@ -278,6 +307,7 @@ def create(state: StateDir, req: CreateRequest) -> InstanceState:
             hint="choose another --name or delete it first",
         )
     mem, cpus, disk = _check_sizes(req)
+    _check_disk_room(state, disk)
     mounts = _check_mounts(req.mounts, user)
     _check_drives(req.drives)
     host_ip = allocate_host_ip({s.host_ip for s in all_states(state)})
@@ -442,13 +472,19 @@ def _make_overlay(
     run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", backing, disk, *size])
 
 
-def start(state: StateDir, name: str, timeout: float = BOOT_TIMEOUT) -> InstanceState:
+def start(
+    state: StateDir, name: str, timeout: float = BOOT_TIMEOUT, accel_mode: str | None = None
+) -> InstanceState:
+    """Boot a stopped instance; `accel_mode` (auto, kvm, tcg) replaces the saved choice."""
     files = files_of(state, name)
-    inst = load_state(state, name)
+    load_state(state, name)  # a missing instance fails here, before a lock file is made
     with instance_lock(files):
+        inst = load_state(state, name)  # as it is now, not before the lock
         if process.running_pid(files.pidfile, files.dir) is not None:
             ui.info(f"{name} is already running")
             return inst
+        if accel_mode is not None:
+            inst.accel_mode = accel_mode
         _launch(state, files, inst)
         _wait_ready(state, files, inst, timeout).close()
         return inst
@@ -464,8 +500,9 @@ def _require_running(files: InstanceFiles, name: str) -> int:
 def stop(state: StateDir, name: str, timeout: float = STOP_TIMEOUT) -> None:
     """Shut the guest down politely; quit QEMU, then kill it, if the guest does not."""
     files = files_of(state, name)
-    inst = load_state(state, name)
+    load_state(state, name)  # a missing instance fails here, before a lock file is made
     with instance_lock(files):
+        inst = load_state(state, name)  # as it is now, not before the lock
         pid = process.running_pid(files.pidfile, files.dir)
         inst.desired = "stopped"
         save_state(files, inst)
@@ -487,8 +524,9 @@ def stop(state: StateDir, name: str, timeout: float = STOP_TIMEOUT) -> None:
 def quit_instance(state: StateDir, name: str) -> None:
     """Stop QEMU at once, as pulling the plug would."""
     files = files_of(state, name)
-    inst = load_state(state, name)
+    load_state(state, name)  # a missing instance fails here, before a lock file is made
     with instance_lock(files):
+        inst = load_state(state, name)  # as it is now, not before the lock
         inst.desired = "stopped"
         save_state(files, inst)
         _force_off(files)

@@ -131,7 +131,7 @@ def test_instance_lifecycle(cli: CLI, tmp_path: Path, served_image) -> None:  # 
     assert json.loads(cli("status", NAME, "--json").out)["state"] == "stopped"
     assert not _qemu_pids(instance_dir)
     assert cli("run", NAME, "--", "true", check=False).code != 0
-    cli("start", NAME)
+    cli("start", NAME, "--accel", "tcg")  # the accelerator can be chosen again at start
     assert cli("run", NAME, "--", "cat", "keep.txt").out.strip() == "persistent"
     assert "hello from the host" in cli("run", NAME, "--", "cat", "/mnt/shared/from-host.txt").out
 

@@ -22,7 +22,13 @@ TEMPLATES = REPO / "templates"
 WORKLOAD = REPO / "tests" / "workloads" / "cluster-test.yaml"
 
 CONTEXT = {
-    "user": {"name": "dev", "uid": 1000, "gid": 1000, "home": "/home/dev"},
+    "user": {
+        "name": "dev",
+        "uid": 1000,
+        "gid": 1000,
+        "home": "/home/dev",
+        "gopath": "/home/dev/go",
+    },
     "host": SimpleNamespace(gopath=Path("/home/dev/go")),
 }
 
