@@ -46,7 +46,7 @@ demo: setup
 
 # Unit tests, lint, then end-to-end tests on real VMs (TCG where KVM does not work).
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests/unit tests/e2e
 
 unit: venv
 	$(PY) -m pytest -q tests/unit
