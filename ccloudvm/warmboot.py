@@ -169,6 +169,7 @@ def ensure_snapshot(state: StateDir, image: BaseImage, machine: qemu.MachineConf
     folder.parent.mkdir(parents=True, exist_ok=True)
     with _lock(folder.parent / ".lock"):
         if not (folder / META).is_file():  # another create may have made it meanwhile
+            remove_unfinished(folder.parent)
             _make(state, image, template, qemu_bin, folder)
     return Snapshot(folder)
 
@@ -181,6 +182,19 @@ def _lock(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def remove_unfinished(image_folder: Path) -> list[Path]:
+    """Remove what a snapshot boot killed half-way left (its folder, its QEMU). Call it
+    holding the image's lock, so nothing found here is still being made."""
+    removed = []
+    for leftover in image_folder.glob(".making-*"):
+        pid = process.running_pid(leftover / "qemu.pid", leftover)
+        if pid is not None:
+            process.kill(pid, leftover)
+        shutil.rmtree(leftover, ignore_errors=True)
+        removed.append(leftover)
+    return removed
 
 
 def _make(

@@ -138,3 +138,25 @@ def test_the_image_waits_with_the_marker_the_host_expects() -> None:
     recipe = (resource_dir("images") / "debian-12.yaml").read_text()
     assert f'WAITING_MARKER = "{warmboot.WAITING_MARKER}"' in recipe
     assert "warm: true" in recipe
+
+
+def test_a_snapshot_boot_killed_half_way_is_cleaned_up_next_time(tmp_path: Path) -> None:
+    import subprocess
+
+    image_folder = tmp_path / "warm" / "debian-12-k"
+    done = image_folder / "0123456789abcdef"
+    done.mkdir(parents=True)
+    (done / warmboot.META).write_text("{}")
+    unfinished = image_folder / ".making-x1"
+    unfinished.mkdir()
+    (unfinished / warmboot.DISK).write_bytes(b"partial")
+    # A pid file naming a process that is not this folder's QEMU: never killed.
+    stranger = subprocess.Popen(["sleep", "30"])  # noqa: S603,S607
+    try:
+        (unfinished / "qemu.pid").write_text(f"{stranger.pid}\n")
+        assert warmboot.remove_unfinished(image_folder) == [unfinished]
+        assert not unfinished.exists() and (done / warmboot.META).is_file()
+        assert stranger.poll() is None, "only QEMU processes of the unfinished folder are killed"
+    finally:
+        stranger.kill()
+        stranger.wait()
