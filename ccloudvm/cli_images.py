@@ -9,14 +9,18 @@ import time
 import click
 from rich.table import Table
 
-from ccloudvm import builds, images, ui
+from ccloudvm import builds, images, ui, warmboot
 from ccloudvm.paths import StateDir
 
 
 @click.command("images")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def images_command(as_json: bool) -> None:
-    """List cached images (built, downloaded, saved) and the definitions not fetched yet."""
+    """List cached images (built, downloaded, saved) and the definitions not fetched yet.
+
+    WARM: the image's warm-boot snapshots (one per VM size created from it) and the space
+    they take; 'ccloudvm image rm' removes them with the image.
+    """
     state = StateDir.from_env()
     used = builds.images_in_use(state)
     rows: list[dict[str, object]] = []
@@ -27,17 +31,22 @@ def images_command(as_json: bool) -> None:
             "size_mib": round(sum(p.stat().st_size for p in image.directory.iterdir() if p.is_file()) / 2**20),
             "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(float(meta.get("created", 0)))),
             "in_use": image.directory in used, "path": str(image.directory),
+            "warm_snapshots": len(snapshots := warmboot.snapshots_of(state, image)),
+            "warm_snapshots_mib": round(sum(
+                p.stat().st_size for snap in snapshots for p in snap.directory.iterdir()
+            ) / 2**20),
         })  # fmt: skip
     cached = {r["name"] for r in rows}
     for definition in images.list_definitions(state):
         if definition.name not in cached:
             rows.append({"name": definition.name, "kind": f"not fetched ({definition.kind})", "key": definition.key,
-                         "size_mib": 0, "created": "", "in_use": False, "path": str(definition.path)})  # fmt: skip
+                         "size_mib": 0, "created": "", "in_use": False, "path": str(definition.path),
+                         "warm_snapshots": 0, "warm_snapshots_mib": 0})  # fmt: skip
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     table = Table(box=None)
-    for column in ("NAME", "KIND", "SIZE", "CREATED", "IN USE", "KEY"):
+    for column in ("NAME", "KIND", "SIZE", "WARM", "CREATED", "IN USE", "KEY"):
         table.add_column(column)
     for r in rows:
         size = f"{r['size_mib']} MiB" if r["size_mib"] else "-"
@@ -45,6 +54,9 @@ def images_command(as_json: bool) -> None:
             str(r["name"]),
             str(r["kind"]),
             size,
+            f"{r['warm_snapshots']} ({r['warm_snapshots_mib']} MiB)"
+            if r["warm_snapshots"]
+            else "-",
             str(r["created"] or "-"),
             "yes" if r["in_use"] else "",
             str(r["key"]),

@@ -83,6 +83,18 @@ def enabled() -> bool:
     return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "no", "off", "false")
 
 
+def snapshots_dir(state: StateDir) -> Path:
+    return state.cache / "warm"
+
+
+def snapshots_of(state: StateDir, image: BaseImage) -> list[Snapshot]:
+    """The complete snapshots of `image`, one per machine size it was created with."""
+    folder = snapshots_dir(state) / image.directory.name
+    if not folder.is_dir():
+        return []
+    return [Snapshot(d) for d in sorted(folder.iterdir()) if (d / META).is_file()]
+
+
 def slot_tag(index: int) -> str:
     return f"ccvm{index}"
 
@@ -99,7 +111,7 @@ def slot_mounts(mounts: Sequence[MountSpec]) -> list[MountSpec]:
 
 def spare_folder(state: StateDir) -> Path:
     """The empty, read-only folder behind unused mount slots."""
-    folder = state.cache / "warm" / "empty"
+    folder = snapshots_dir(state) / "empty"
     if not folder.is_dir():
         folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o555)
@@ -121,10 +133,6 @@ def pad_seed(seed: Path) -> bool:
         return False
     os.truncate(seed, SEED_SIZE)
     return True
-
-
-def snapshots_dir(state: StateDir) -> Path:
-    return state.cache / "warm"
 
 
 # ---------------------------------------------------------------- finding or making one
