@@ -55,14 +55,19 @@ def _instance(tmp_path: Path) -> tuple[StateDir, Any, InstanceState]:
     return state, files, inst
 
 
+def _fake_boot(monkeypatch: pytest.MonkeyPatch, target: _Target) -> None:
+    """The boot itself is faked: the console marker is there, SSH reaches `target`."""
+    monkeypatch.setattr(ready, "wait_for_marker", lambda *a, **k: None)
+    monkeypatch.setattr(instance, "ssh_target_for", lambda *a, **k: target)
+    monkeypatch.setattr(instance.ui, "spinner", lambda *a, **k: _NullStatus())
+
+
 def test_cloud_init_errors_fail_the_boot_with_the_console_tail(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     state, files, inst = _instance(tmp_path)
     target = _Target('{"v1": {"errors": ["(\'scripts_user\', RuntimeError(\'runcmd failed\'))"]}}')
-    monkeypatch.setattr(ready, "wait_for_marker", lambda *a, **k: None)
-    monkeypatch.setattr(instance, "ssh_target_for", lambda *a, **k: target)
-    monkeypatch.setattr(instance.ui, "spinner", lambda *a, **k: _NullStatus())
+    _fake_boot(monkeypatch, target)
     with pytest.raises(ready.BootFailed) as failed:
         instance._wait_ready(state, files, inst, timeout=5)
     message = str(failed.value)
@@ -77,9 +82,7 @@ def test_a_clean_boot_returns_the_connection(
 ) -> None:
     state, files, inst = _instance(tmp_path)
     target = _Target('{"v1": {"errors": []}}')
-    monkeypatch.setattr(ready, "wait_for_marker", lambda *a, **k: None)
-    monkeypatch.setattr(instance, "ssh_target_for", lambda *a, **k: target)
-    monkeypatch.setattr(instance.ui, "spinner", lambda *a, **k: _NullStatus())
+    _fake_boot(monkeypatch, target)
     assert instance._wait_ready(state, files, inst, timeout=5) is target
     assert not target.closed
 
