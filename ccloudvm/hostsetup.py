@@ -65,7 +65,10 @@ def setup(state: StateDir, *, install: bool) -> dict[str, Any]:
         + f" ({acc.reason})"
     )
     if not acc.is_kvm:
-        ui.warn("VMs will run under software emulation (TCG): expect boots of a minute or more")
+        ui.warn(
+            "VMs will run under software emulation (TCG): a create takes about 10 s from a "
+            "warm-boot snapshot, 20-60 s cold, and work inside the VM is several times slower"
+        )
     return {
         "missing": missing,
         "accel": acc.accel,
