@@ -56,8 +56,9 @@ def _vm_action(action: str) -> click.Command:
 
 @click.group("baremetal")
 def baremetal_group() -> None:
-    """Run a workload's cluster on this host, in a network namespace of its own, so the
-    host's links, routes and firewall stay untouched (setup --no-isolation: in the host's)."""
+    """Run a workload on this host: its cluster in a network namespace of its own, so the
+    host's links, routes and firewall stay untouched (setup --no-isolation: in the host's),
+    or its provision steps (provision), the very steps a VM of it gets."""
 
 
 def _host_action(action: str) -> click.Command:

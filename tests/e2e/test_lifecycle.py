@@ -189,6 +189,16 @@ def test_instance_lifecycle(cli: CLI, tmp_path: Path, served_image) -> None:  # 
     assert not snapshot.parent.exists(), "a broken snapshot nobody uses must go"
     cli("delete", "e2e-cold")
 
+    # A guest not ready in time: one line, the instance stays to be looked at, delete
+    # removes it and its QEMU.
+    late = cli("create", "debian", "--name", "e2e-late", "--mem", "1024", "--cpus", "2",
+               "--timeout", "1", check=False)  # fmt: skip
+    assert late.code == 1 and "was not ready in time" in late.err and "Traceback" not in late.err
+    late_dir = cli.home / "instances" / "e2e-late"
+    assert late_dir.is_dir() and json.loads(cli("status", "e2e-late", "--json").out)["pid"]
+    cli("delete", "e2e-late")
+    assert not late_dir.exists() and not _qemu_pids(late_dir)
+
 
 def test_qemu_refusing_to_start_says_why_and_leaves_nothing(cli: CLI, tmp_path: Path) -> None:
     bad = tmp_path / "not-a-qcow2.img"
