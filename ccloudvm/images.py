@@ -289,7 +289,8 @@ def save_image(
         _remove_stale_tmp(state)
         with _staging(state, name) as tmp:
             with ui.step(f"Saving image {name}"):
-                proc.run(["qemu-img", "convert", "-O", "qcow2", disk, tmp / DISK])
+                # Compressed: a saved image is read once per instance, stored for long.
+                proc.run(["qemu-img", "convert", "-c", "-O", "qcow2", disk, tmp / DISK])
                 for src, dst in ((kernel, KERNEL), (initrd, INITRD)):
                     if src is not None:
                         shutil.copyfile(src, tmp / dst)

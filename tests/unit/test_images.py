@@ -296,3 +296,10 @@ def test_saved_image_is_found_by_name(state: StateDir, tmp_path: Path) -> None:
     ).stdout
     assert "backing-filename" not in json.loads(info)  # flattened: independent of base
     assert images.ensure_image(state, "my-dev") == saved
+
+
+def test_saved_image_is_compressed(state: StateDir, tmp_path: Path) -> None:
+    raw = tmp_path / "disk.raw"
+    raw.write_bytes(b"ccloudvm " * (8 * 2**20 // 9))  # 8 MiB that compress well
+    saved = images.save_image(state, "packed", raw)
+    assert saved.disk.stat().st_size < 2**20, "image save writes a compressed qcow2"
