@@ -385,24 +385,9 @@ def create(state: StateDir, req: CreateRequest) -> InstanceState:
                 ),
                 instance_id,
             )
-            acc = _acceleration(state, inst)
-            snapshot = _warm_snapshot(state, files, inst, base, acc)
-            _make_overlay(files.disk, snapshot.disk if snapshot else base.disk, disk, snapshot)
-            inst.warm_snapshot = str(snapshot.directory) if snapshot else None
-            save_state(files, inst)
             # A QEMU that refuses to start leaves nothing worth keeping; a guest that
             # started but is not ready stays for `logs` and `connect`.
-            try:
-                _launch(state, files, inst, acc, restore=snapshot)
-            except warmboot.WarmBootFailed as exc:
-                ui.warn(f"{name} could not start from the warm-boot snapshot ({exc}); booting cold")
-                _force_off(files)
-                _make_overlay(files.disk, base.disk, disk, None)
-                inst.warm_snapshot = None
-                save_state(files, inst)
-                if snapshot is not None:  # only a restore raises WarmBootFailed
-                    _discard_unless_used(state, snapshot)
-                _launch(state, files, inst, acc)
+            _first_boot(state, files, inst, base)
             launched = True
             _wait_ready(state, files, inst, req.timeout).close()
             return inst
@@ -411,6 +396,31 @@ def create(state: StateDir, req: CreateRequest) -> InstanceState:
             _force_off(files)
             shutil.rmtree(files.dir, ignore_errors=True)
         raise
+
+
+def _first_boot(
+    state: StateDir, files: InstanceFiles, inst: InstanceState, base: images.BaseImage
+) -> None:
+    """Make the disk overlay and start QEMU: from the image's warm-boot snapshot when it
+    has one (made now if needed), else, or if loading it fails, by booting cold."""
+    acc = _acceleration(state, inst)
+    snapshot = _warm_snapshot(state, files, inst, base, acc)
+    _make_overlay(files.disk, snapshot.disk if snapshot else base.disk, inst.disk_gib, snapshot)
+    inst.warm_snapshot = str(snapshot.directory) if snapshot else None
+    save_state(files, inst)
+    if snapshot is None:
+        _launch(state, files, inst, acc)
+        return
+    try:
+        _launch(state, files, inst, acc, restore=snapshot)
+    except warmboot.WarmBootFailed as exc:
+        ui.warn(f"{inst.name} could not start from the warm-boot snapshot ({exc}); booting cold")
+        _force_off(files)
+        _make_overlay(files.disk, base.disk, inst.disk_gib, None)
+        inst.warm_snapshot = None
+        save_state(files, inst)
+        _discard_unless_used(state, snapshot)
+        _launch(state, files, inst, acc)
 
 
 def _warm_snapshot(
