@@ -29,11 +29,12 @@ def _guest(cli: CLI, script: str) -> str:
     return cli("run", NAME, "--", "sudo", "sh", "-c", script).out
 
 
-# Everything of the guest the cluster may touch, one section each. Packet counters and
-# route expiry times move on their own: left out.
+# Everything of the guest the cluster may touch, one section each. Packet counters, route
+# expiry times and IPv6's "tentative" (duplicate address detection still running on a
+# new link's address) move on their own: left out.
 SNAPSHOT = r"""
 echo '## links'; ip -o link | awk -F': ' '{print $2}' | sort
-echo '## addresses'; ip -o addr | sed 's/ valid_lft.*//'
+echo '## addresses'; ip -o addr | sed 's/ valid_lft.*//; s/ tentative//'
 echo '## routes'; ip route
 echo '## routes6'; ip -6 route | sed 's/ expires [0-9]*sec//'
 echo '## rules'; ip rule; ip -6 rule
