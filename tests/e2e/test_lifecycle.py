@@ -192,7 +192,7 @@ def test_instance_lifecycle(cli: CLI, tmp_path: Path, served_image) -> None:  # 
     # A guest not ready in time: one line, the instance stays to be looked at, delete
     # removes it and its QEMU.
     late = cli("create", "debian", "--name", "e2e-late", "--mem", "1024", "--cpus", "2",
-               "--timeout", "1", check=False)  # fmt: skip
+               "--timeout", "0.1", check=False)  # fmt: skip
     assert late.code == 1 and "was not ready in time" in late.err and "Traceback" not in late.err
     late_dir = cli.home / "instances" / "e2e-late"
     assert late_dir.is_dir() and json.loads(cli("status", "e2e-late", "--json").out)["pid"]
