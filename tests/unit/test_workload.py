@@ -454,6 +454,18 @@ def test_a_file_that_is_not_a_certificate_is_refused(
 # ------------------------------------------------------------------ bad input
 
 
+def _load_bad(
+    state: StateDir, ctx: TemplateContext, text: str, message: str
+) -> tuple[Path, UsageError]:
+    """Load `text` as the user's workload `bad`: it must fail as one line, exit status 2."""
+    path = write(state.user_workloads, "bad.yaml", text)
+    with pytest.raises(UsageError, match=message) as info:
+        load_workload(state, "bad", ctx)
+    assert info.value.exit_code == 2
+    assert "\n" not in str(info.value)
+    return path, info.value
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -510,13 +522,9 @@ def test_a_file_that_is_not_a_certificate_is_refused(
 def test_bad_input_is_one_clear_usage_error(
     text: str, message: str, state: StateDir, ctx: TemplateContext
 ) -> None:
-    path = write(state.user_workloads, "bad.yaml", text)
-    with pytest.raises(UsageError, match=message) as info:
-        load_workload(state, "bad", ctx)
-    assert info.value.exit_code == 2
-    assert "\n" not in info.value.message
+    path, error = _load_bad(state, ctx, text, message)
     if "line" in message:
-        assert str(path) in info.value.message
+        assert str(path) in error.message
 
 
 def test_undefined_variable_names_variable_and_template(
@@ -779,13 +787,9 @@ def test_a_missing_parent_in_a_list_names_its_line(state: StateDir, ctx: Templat
 def test_more_bad_input_is_one_clear_usage_error(
     text: str, message: str, state: StateDir, ctx: TemplateContext
 ) -> None:
-    path = write(state.user_workloads, "bad.yaml", text)
-    with pytest.raises(UsageError, match=message) as info:
-        load_workload(state, "bad", ctx)
-    assert info.value.exit_code == 2
-    assert "\n" not in str(info.value)
-    assert str(path) in info.value.message
-    assert "--port" not in str(info.value)
+    path, error = _load_bad(state, ctx, text, message)
+    assert str(path) in error.message
+    assert "--port" not in str(error)
 
 
 def test_a_python_error_in_a_template_file_names_the_file_and_line(
