@@ -14,7 +14,7 @@ and renamed into place in one step: a directory in images/ is always complete.
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import hashlib
 import json
 import os
@@ -409,16 +409,9 @@ def _staging(state: StateDir, name: str) -> Iterator[Path]:
         _remove_quietly(tmp)
 
 
-@contextmanager
-def _cache_lock(state: StateDir) -> Iterator[None]:
+def _cache_lock(state: StateDir) -> contextlib.AbstractContextManager[None]:
     """One process at a time fills the cache; others wait and then find the result."""
-    state.cache.mkdir(parents=True, exist_ok=True)
-    with (state.cache / "images.lock").open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return paths.file_lock(state.cache / "images.lock")
 
 
 def _remove_stale_tmp(state: StateDir) -> None:

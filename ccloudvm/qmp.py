@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,26 +31,41 @@ class QMPUnavailable(CcloudvmError):
     """QEMU's monitor socket is missing or does not answer."""
 
 
-async def _execute(socket: Path, command: str, args: dict[str, Any] | None, timeout: float) -> Any:
-    client = QMPClient("ccloudvm")
-    client.logger = _log
+def converse(
+    socket: Path,
+    conversation: Callable[[QMPClient], Awaitable[Any]],
+    timeout: float = 5.0,
+    what: str = "QMP",
+) -> Any:
+    """Connect to the monitor at `socket`, run `conversation` with the client (each of the
+    two within `timeout`), disconnect; return what the conversation returned."""
+
+    async def talk() -> Any:
+        client = QMPClient("ccloudvm")
+        client.logger = _log
+        try:
+            await asyncio.wait_for(client.connect(str(socket)), timeout)
+            return await asyncio.wait_for(conversation(client), timeout)
+        finally:
+            await client.disconnect()
+
     try:
-        await asyncio.wait_for(client.connect(str(socket)), timeout)
-        return await asyncio.wait_for(client.execute(command, args), timeout)
-    finally:
-        await client.disconnect()
+        return asyncio.run(talk())
+    except CcloudvmError:
+        raise  # the conversation's own verdict
+    except (TimeoutError, OSError, ConnectionError, ConnectError) as exc:
+        raise QMPUnavailable(f"QEMU's monitor at {socket} did not answer: {exc}") from exc
+    except Exception as exc:  # qemu.qmp raises its own ExecuteError and state errors
+        raise QMPUnavailable(f"{what} failed: {exc}") from exc
 
 
 def execute(
     socket: Path, command: str, args: dict[str, Any] | None = None, timeout: float = 5.0
 ) -> Any:
     """Run one QMP command on the monitor at `socket` and return its result."""
-    try:
-        return asyncio.run(_execute(socket, command, args, timeout))
-    except (TimeoutError, OSError, ConnectionError, ConnectError) as exc:
-        raise QMPUnavailable(f"QEMU's monitor at {socket} did not answer: {exc}") from exc
-    except Exception as exc:  # qemu.qmp raises its own ConnectError/ExecuteError types
-        raise QMPUnavailable(f"QMP command {command} failed: {exc}") from exc
+    return converse(
+        socket, lambda client: client.execute(command, args), timeout, f"QMP command {command}"
+    )
 
 
 def query_status(socket: Path) -> str:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -41,7 +40,7 @@ from typing import Any
 
 from qemu.qmp import QMPClient
 
-from ccloudvm import process, qemu, ready, ui
+from ccloudvm import paths, process, qemu, qmp, ready, ui
 from ccloudvm.errors import CcloudvmError
 from ccloudvm.images import BaseImage
 from ccloudvm.instance_state import pick_ssh_port
@@ -175,21 +174,11 @@ def ensure_snapshot(state: StateDir, image: BaseImage, machine: qemu.MachineConf
     if (folder / META).is_file():
         return Snapshot(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(folder.parent / ".lock"):
+    with paths.file_lock(folder.parent / ".lock"):
         if not (folder / META).is_file():  # another create may have made it meanwhile
             remove_unfinished(folder.parent)
             _make(state, image, template, qemu_bin, folder)
     return Snapshot(folder)
-
-
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def remove_unfinished(image_folder: Path) -> list[Path]:
@@ -275,7 +264,7 @@ def _boot_and_save(
         status.update("saving the snapshot")
         with (tmp / STATE).open("wb") as out:
             os.fchmod(out.fileno(), 0o600)
-            _qmp(cfg.qmp_socket, _save_commands, fd=out.fileno())
+            _qmp(cfg.qmp_socket, _save_commands(out.fileno()))
     blank_seed.unlink()
     return cfg
 
@@ -297,7 +286,7 @@ def _running(cfg: qemu.MachineConfig, qemu_bin: str) -> Iterator[Any]:
         pid = process.running_pid(cfg.pidfile, cfg.pidfile.parent)
         if pid is not None:
             with contextlib.suppress(Exception):
-                _qmp(cfg.qmp_socket, _quit_commands)
+                qmp.quit(cfg.qmp_socket)
             if not process.wait_gone(pid, cfg.pidfile.parent, 10):
                 process.kill(pid, cfg.pidfile.parent)
 
@@ -305,19 +294,18 @@ def _running(cfg: qemu.MachineConfig, qemu_bin: str) -> Iterator[Any]:
 # ---------------------------------------------------------------- QMP conversations
 
 
-async def _save_commands(client: QMPClient, fd: int | None) -> None:
+def _save_commands(fd: int) -> Any:
+    return lambda client: _save(client, fd)
+
+
+async def _save(client: QMPClient, fd: int) -> None:
     await client.execute("stop")
     # No bandwidth cap: the file is local, and QEMU's default cap would slow the save.
     await client.execute("migrate-set-parameters", {"max-bandwidth": 2**40})
-    assert fd is not None
     client.send_fd_scm(fd)
     await client.execute("getfd", {"fdname": "snapshot"})
     await client.execute("migrate", {"uri": "fd:snapshot"})
     await _wait_migration(client, "saving")
-    await client.execute("quit")
-
-
-async def _quit_commands(client: QMPClient, fd: int | None) -> None:
     await client.execute("quit")
 
 
@@ -336,24 +324,11 @@ async def _wait_migration(client: QMPClient, doing: str) -> None:
         await asyncio.sleep(0.05)
 
 
-def _qmp(socket: Path, conversation: Any, fd: int | None = None, timeout: float = 180) -> None:
-    async def talk() -> None:
-        client = QMPClient("ccloudvm-warm")
-        try:
-            await asyncio.wait_for(client.connect(str(socket)), 10)
-            await asyncio.wait_for(conversation(client, fd), timeout)
-        finally:
-            with contextlib.suppress(Exception):
-                await client.disconnect()
-
+def _qmp(socket: Path, conversation: Any, timeout: float = 180) -> None:
     try:
-        asyncio.run(talk())
-    except WarmBootFailed:
-        raise
-    except Exception as exc:  # qemu.qmp's own errors, timeouts, a QEMU that went away
-        raise WarmBootFailed(
-            f"QEMU's monitor failed during warm boot: {exc or type(exc).__name__}"
-        ) from exc
+        qmp.converse(socket, conversation, timeout, what="warm boot")
+    except qmp.QMPUnavailable as exc:
+        raise WarmBootFailed(exc.message) from exc
 
 
 # ---------------------------------------------------------------- restoring
@@ -362,8 +337,7 @@ def _qmp(socket: Path, conversation: Any, fd: int | None = None, timeout: float 
 def restore(qmp_socket: Path, snapshot: Snapshot, disk_bytes: int) -> None:
     """Load `snapshot` into a QEMU started with `-incoming defer`, grow its disk, run it."""
 
-    async def conversation(client: QMPClient, fd: int | None) -> None:
-        assert fd is not None
+    async def conversation(client: QMPClient, fd: int) -> None:
         client.send_fd_scm(fd)
         await client.execute("getfd", {"fdname": "snapshot"})
         await client.execute("migrate-incoming", {"uri": "fd:snapshot"})
@@ -375,4 +349,5 @@ def restore(qmp_socket: Path, snapshot: Snapshot, disk_bytes: int) -> None:
         await client.execute("cont")
 
     with snapshot.state_file.open("rb") as state_file:
-        _qmp(qmp_socket, conversation, fd=state_file.fileno(), timeout=RESTORE_TIMEOUT)
+        fd = state_file.fileno()
+        _qmp(qmp_socket, lambda client: conversation(client, fd), timeout=RESTORE_TIMEOUT)
