@@ -8,6 +8,7 @@ boots under it within a few seconds. The probe's answer is cached for this boot 
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import subprocess
@@ -66,6 +67,17 @@ def _read(path: Path) -> str:
         return ""
 
 
+def _kvm_access_hint(dev: Path) -> str:
+    """How this user gets /dev/kvm on this host: the device's group when it has one."""
+    try:
+        group = grp.getgrgid(dev.stat().st_gid).gr_name
+    except (OSError, KeyError):
+        group = ""
+    if group and group != "root":
+        return f"add yourself to its group: sudo usermod -aG {group} $USER, then log in again"
+    return "ask an administrator to give your user read and write access to it"
+
+
 def kvm_precheck(sys_root: Path = Path("/")) -> tuple[bool, str]:
     """Cheap checks that rule KVM out without starting a guest."""
     dev = sys_root / "dev/kvm"
@@ -75,7 +87,7 @@ def kvm_precheck(sys_root: Path = Path("/")) -> tuple[bool, str]:
             "/dev/kvm does not exist (no KVM module loaded, or no hardware virtualisation)",
         )
     if not os.access(dev, os.R_OK | os.W_OK):
-        return False, "/dev/kvm is not accessible to this user (add yourself to the kvm group)"
+        return False, f"/dev/kvm is not accessible to this user ({_kvm_access_hint(dev)})"
     if (sys_root / "sys/module/kvm_pvm").exists():
         return False, "/dev/kvm is a paravirtual KVM (kvm_pvm) in which normal guests hang"
     flags = _cpu_flags(_read(sys_root / "proc/cpuinfo"))

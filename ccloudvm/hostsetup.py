@@ -9,7 +9,7 @@ from typing import Any
 from ccloudvm import accel, ui
 from ccloudvm.errors import CcloudvmError
 from ccloudvm.paths import StateDir
-from ccloudvm.proc import PACKAGE_OF, run
+from ccloudvm.proc import PACKAGE_OF, find_program, run
 
 # Programs ccloudvm runs, and what each is for (shown in the report).
 NEEDED = {
@@ -24,7 +24,7 @@ NEEDED = {
 
 
 def missing_programs() -> list[str]:
-    return [name for name in NEEDED if shutil.which(name) is None]
+    return [name for name in NEEDED if find_program(name) is None]
 
 
 def _install(packages: list[str]) -> None:

@@ -8,6 +8,8 @@ ToolMissingError that says how to install it.
 from __future__ import annotations
 
 import logging
+import os
+import shlex
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -32,9 +34,19 @@ PACKAGE_OF = {
 }
 
 
+# Where administration programs (mkfs.ext4, dnsmasq, ip) live. An ordinary user's PATH
+# often lacks them although the programs run fine without root, so they are searched too.
+SBIN_DIRS: tuple[str, ...] = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+
+
+def find_program(name: str) -> str | None:
+    """The full path of host program `name` on PATH or in the sbin folders, else None."""
+    return shutil.which(name) or shutil.which(name, path=os.pathsep.join(SBIN_DIRS))
+
+
 def require_tool(name: str) -> str:
     """Return the full path of host program `name`, or raise with an install hint."""
-    path = shutil.which(name)
+    path = find_program(name)
     if path is None:
         package = PACKAGE_OF.get(name, name)
         raise ToolMissingError(
@@ -66,8 +78,8 @@ def run(
 ) -> subprocess.CompletedProcess[str]:
     """Run a host program and wait for it; raise CommandFailed on failure if `check`."""
     args = [str(a) for a in argv]
-    require_tool(args[0])
-    log.debug("run: %s", " ".join(args))
+    args[0] = require_tool(args[0])
+    log.debug("run: %s", shlex.join(args))
     try:
         result = subprocess.run(  # noqa: S603 - argv list, never a shell string
             args,

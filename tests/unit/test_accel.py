@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import grp
+import os
 from pathlib import Path
 
 import pytest
@@ -87,3 +89,21 @@ def test_this_kind_of_host_gets_tcg_without_a_boot_probe(tmp_path: Path) -> None
     )
     assert not (tmp_path / "run/accel.json").exists()  # nothing cached: nothing was probed
     assert choice.qemu_args(nested_wanted=True) == ["-accel", "tcg,thread=multi", "-cpu", "max"]
+
+
+def test_kvm_access_hint_names_the_device_group_or_an_administrator(tmp_path: Path) -> None:
+    device = tmp_path / "kvm"
+    device.write_text("")
+    group = grp.getgrgid(os.getgid()).gr_name
+    hint = accel._kvm_access_hint(device)
+    if group == "root":
+        # A root-owned device with no group of its own: no group to join on this host.
+        assert hint == "ask an administrator to give your user read and write access to it"
+    else:
+        assert f"sudo usermod -aG {group} $USER" in hint
+    if os.geteuid() == 0:
+        users = grp.getgrnam("users")
+        os.chown(device, 0, users.gr_gid)
+        assert accel._kvm_access_hint(device) == (
+            "add yourself to its group: sudo usermod -aG users $USER, then log in again"
+        )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ccloudvm import hostsetup
+from ccloudvm import hostsetup, proc
 from ccloudvm.errors import CcloudvmError
 from ccloudvm.paths import StateDir
 
@@ -41,6 +41,7 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "bin"
     folder.mkdir()
     monkeypatch.setenv("PATH", str(folder))
+    monkeypatch.setattr(proc, "SBIN_DIRS", ())  # this host's real /usr/sbin stays out
     monkeypatch.setenv("CCLOUDVM_ACCEL", "tcg")
     return folder
 
@@ -82,3 +83,21 @@ def test_without_apt_get_it_says_what_to_install(host: Path, tmp_path: Path) -> 
     with pytest.raises(CcloudvmError, match="missing: qemu-system-x86_64, ssh") as info:
         hostsetup.setup(StateDir(tmp_path / "home"), install=True)
     assert info.value.hint == "install them with your distribution's package manager"
+
+
+def test_programs_in_sbin_folders_count_when_path_lacks_them(
+    host: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An ordinary user's PATH often has no /usr/sbin, where mkfs.ext4 and dnsmasq live.
+    sbin = tmp_path / "sbin"
+    sbin.mkdir()
+    for name in ("mkfs.ext4", "dnsmasq", "ip"):
+        _program(sbin, name)
+    monkeypatch.setattr(proc, "SBIN_DIRS", (str(sbin),))
+    assert hostsetup.missing_programs() == [
+        "qemu-system-x86_64",
+        "qemu-img",
+        "ssh",
+        "mmdebstrap",
+    ]
+    assert proc.require_tool("mkfs.ext4") == str(sbin / "mkfs.ext4")
