@@ -42,7 +42,7 @@ demo: setup
 	$(CCLOUDVM) run $(DEMO) -- uname -a
 	$(CCLOUDVM) run $(DEMO) -- cat /etc/os-release
 	$(CCLOUDVM) instances
-	@echo "The demo instance keeps running: 'ccloudvm connect $(DEMO)' opens a shell, 'ccloudvm delete $(DEMO)' removes it."
+	@echo "The demo instance keeps running: '$(CCLOUDVM) connect $(DEMO)' opens a shell, '$(CCLOUDVM) delete $(DEMO)' removes it (or put $(CURDIR)/$(VENV)/bin on PATH)."
 
 # Unit tests, lint, then end-to-end tests on real VMs (TCG where KVM does not work).
 test: setup
