@@ -17,7 +17,9 @@ from ccloudvm import ui
 from ccloudvm.errors import CcloudvmError
 from ccloudvm.seed import READY_MARKER
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# Terminal control sequences on the console: CSI (colours, cursor moves) and the remnant of
+# one cut at the start of a read ("[0m" without its ESC), and other control characters.
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-_]|\[[0-9;]*m|[\x00-\x08\x0b-\x1f\x7f]")
 _STAGE_PATTERNS = (
     re.compile(r"cloud-init\[\d+\]: Cloud-init v\. \S+ running '([^']+)'"),
     re.compile(r"Starting (\S+?)(?: - .*)?\.\.\.\s*$"),

@@ -81,3 +81,14 @@ def test_cloud_init_errors_are_read_from_result_json() -> None:
     assert ready.cloud_init_errors('{"v1": {"datasource": "x", "errors": ["boom"]}}') == ["boom"]
     assert ready.cloud_init_errors('{"v1": {"errors": []}}') == []
     assert ready.cloud_init_errors("garbage") == []
+
+
+def test_stage_names_carry_no_colour_codes_even_when_a_read_cut_one() -> None:
+    # systemd colours unit names; a console read may start inside an escape sequence.
+    log = (
+        "0;1;39m[0m Starting \x1b[0;1;39mmodprobe@dm_mod.service\x1b[0m - Load Kernel Module...\n"
+        "[  OK  ] Reached target \x1b[0;1;39mlocal-fs.target\x1b[0m[0m\n"
+    )
+    assert ready.current_stage(log) == "local-fs.target"
+    assert ready.current_stage(log.splitlines()[0]) == "modprobe@dm_mod.service"
+    assert ready.current_stage("Starting \x1b[1mx\x1b[K.service...") == "x.service"
