@@ -10,6 +10,7 @@ the result of each step.
 
 from __future__ import annotations
 
+import re
 import shlex
 import time
 from collections import deque
@@ -125,12 +126,30 @@ def _workdir(target: Target) -> Iterator[_Workdir]:
         work.remove()
 
 
+# What an environment variable's name may be: a shell identifier. Anything else could
+# end the `export` line and start a command of its own.
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _one_line(text: str) -> str:
+    """`text` with control characters (newlines above all) turned into spaces, so a step's
+    name can stand in the script's comment line and never become a line of its own."""
+    return re.sub(r"[\x00-\x1f\x7f]", " ", text)
+
+
 def _script(
     work: _Workdir, body: str, env: Mapping[str, str], title: str, *, cd_home: bool = True
 ) -> str:
+    """The script a step or check runs as: names and values are data, only `body` is code."""
+    for key in env:
+        if not _ENV_NAME.fullmatch(key):
+            raise UsageError(
+                f"environment variable name {key!r} in {_one_line(title)!r} is not valid",
+                hint="names are letters, digits and _ and do not start with a digit",
+            )
     lines = [
         "#!/bin/bash",
-        f"# ccloudvm: {title}",
+        f"# ccloudvm: {_one_line(title)}",
         f"{WORKDIR_VAR}={shlex.quote(work.path)}",
     ]
     lines.extend(f"export {key}={shlex.quote(value)}" for key, value in env.items())
