@@ -228,9 +228,16 @@ class _LimitedSandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
 _HELPER_MARK = "_ccloudvm_template_helper"
 
 
-def _helper(function: Callable[..., str]) -> Callable[..., str]:
-    setattr(function, _HELPER_MARK, True)
-    return function
+def _helper(name: str) -> Callable[[Callable[..., str]], Callable[..., str]]:
+    """Mark a function as callable from templates, under the name templates know it by
+    (so an error says `download() missing ...`)."""
+
+    def mark(function: Callable[..., str]) -> Callable[..., str]:
+        setattr(function, _HELPER_MARK, True)
+        function.__name__ = function.__qualname__ = name
+        return function
+
+    return mark
 
 
 def make_environment(sandboxed: bool, search_path: Sequence[Path] = ()) -> jinja2.Environment:
@@ -301,17 +308,17 @@ def variables(
     proxies = ctx.proxies
     proxy_env = proxies.as_env()
 
-    @_helper
+    @_helper("proxy_env")
     def proxy_env_lines() -> str:
         """KEY=VALUE lines, both cases, for /etc/environment."""
         return "\n".join(f"{k}={v}" for k, v in proxy_env.items())
 
-    @_helper
+    @_helper("proxy_vars")
     def proxy_vars() -> str:
         """'http_proxy=... https_proxy=...' to put in front of a command (empty if none)."""
         return " ".join(f"{k}={shlex.quote(v)}" for k, v in proxy_env.items())
 
-    @_helper
+    @_helper("download")
     def download_file(url: str, dest: str, mode: str = "0644") -> str:
         """download(URL, DEST[, MODE]): the host fetches URL, the step installs it."""
         return download(url, dest, mode)
