@@ -6,6 +6,7 @@ wrong and what to do next. --debug shows tracebacks and every host command run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -416,7 +417,30 @@ for _command in (*cli_workloads.commands, *cli_images.commands, *cli_cluster.com
     cli.add_command(_command)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (a dead terminal), raised like ^C so clean-ups run."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.exit_code = 128 + signum
+
+
+def _raise_terminated(signum: int, _frame: object) -> None:
+    raise Terminated(signum)
+
+
+def _install_signal_handlers() -> None:
+    import signal
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        with contextlib.suppress(ValueError, OSError):  # not the main thread
+            signal.signal(signum, _raise_terminated)
+
+
 def main(argv: list[str] | None = None) -> None:
+    from ccloudvm.workflow import CreateInterrupted
+
+    _install_signal_handlers()
     try:
         cli.main(args=argv, prog_name="ccloudvm", standalone_mode=False)
     except click.exceptions.Abort:
@@ -429,9 +453,18 @@ def main(argv: list[str] | None = None) -> None:
         if _debug:
             raise
         _fail(exc.message, exc.hint, exc.exit_code)
-    except KeyboardInterrupt:
+    except CreateInterrupted as exc:
+        if exc.removed:
+            ui.console.print(f"interrupted; removed the half-made instance {exc.name}")
+        else:
+            ui.console.print(
+                f"interrupted; {exc.name} stays, not provisioned "
+                f"('ccloudvm provision {exc.name}' runs the steps again)"
+            )
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt as exc:
         ui.console.print("interrupted")
-        sys.exit(130)
+        sys.exit(getattr(exc, "exit_code", 130))
     except OSError as exc:  # the host refused something we did not foresee: still one line
         if _debug:
             raise

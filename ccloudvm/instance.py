@@ -36,10 +36,11 @@ from ccloudvm.instance_state import (
     pick_ssh_port,
     port_free,
     random_name,
+    reserve_host_ip,
     save_state,
     validate_name,
 )
-from ccloudvm.paths import StateDir
+from ccloudvm.paths import StateDir, refuse_link
 from ccloudvm.proc import require_tool, run
 from ccloudvm.specs import MountSpec, PortSpec
 from ccloudvm.ssh import SSHTarget, known_hosts_line, wait_for_ssh
@@ -301,6 +302,7 @@ def create(state: StateDir, req: CreateRequest) -> InstanceState:
     user = host_user()
     taken = set(instance_names(state))
     name = validate_name(req.name) if req.name else random_name(taken)
+    refuse_link(state.instance_dir(name))
     if name in taken or state.instance_dir(name).exists():
         raise UsageError(
             f"an instance named {name!r} already exists",
@@ -333,6 +335,7 @@ def create(state: StateDir, req: CreateRequest) -> InstanceState:
         files.dir.mkdir(parents=True)
         made_dir = True
         files.dir.chmod(0o700)
+        host_ip = reserve_host_ip(state, files)
         with instance_lock(files):
             user_key = keys.ensure_user_key(state)
             host_key = keys.generate_ed25519(f"ccloudvm-{name}")
@@ -391,8 +394,10 @@ def create(state: StateDir, req: CreateRequest) -> InstanceState:
             launched = True
             _wait_ready(state, files, inst, req.timeout).close()
             return inst
-    except BaseException:
-        if made_dir and not launched:
+    except BaseException as exc:
+        # An interruption (^C, SIGTERM, SIGHUP: not an Exception) removes even a guest
+        # that started; a guest that started but failed otherwise stays for inspection.
+        if made_dir and (not launched or not isinstance(exc, Exception)):
             _force_off(files)
             shutil.rmtree(files.dir, ignore_errors=True)
         raise
@@ -556,6 +561,7 @@ def _force_off(files: InstanceFiles) -> None:
 def delete(state: StateDir, name: str) -> None:
     validate_name(name)
     files = files_of(state, name)
+    refuse_link(files.dir)
     if not files.dir.exists():
         raise UsageError(f"no instance named {name!r}", hint="'ccloudvm instances' lists them")
     with instance_lock(files):

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ccloudvm.errors import CcloudvmError, NotFoundError, StateError, UsageError
-from ccloudvm.paths import StateDir
+from ccloudvm.paths import StateDir, file_lock, refuse_link
 from ccloudvm.specs import MountSpec, PortSpec
 
 NAME_PATTERN = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
@@ -248,7 +248,11 @@ def _record_problem(raw: object, cls: type, prefix: str = "") -> str | None:
 def instance_names(state: StateDir) -> list[str]:
     if not state.instances.is_dir():
         return []
-    return sorted(p.name for p in state.instances.iterdir() if (p / "state.json").exists())
+    return sorted(
+        p.name
+        for p in state.instances.iterdir()
+        if not p.is_symlink() and (p / "state.json").exists()
+    )
 
 
 def all_states(state: StateDir) -> list[InstanceState]:
@@ -257,6 +261,25 @@ def all_states(state: StateDir) -> list[InstanceState]:
         with contextlib.suppress(NotFoundError, StateError):
             result.append(load_state(state, name))
     return result
+
+
+ADDRESS_FILE = "address"  # an instance folder's reservation of its loopback address
+
+
+def reserve_host_ip(state: StateDir, files: InstanceFiles) -> str:
+    """Choose a loopback address no other instance has or has reserved, and reserve it in
+    `files.dir` (which must exist), under a state-wide lock: creates started together never
+    get the same address (and so never race for the same SSH forward)."""
+    with file_lock(state.run / "addresses.lock"):
+        taken = {s.host_ip for s in all_states(state)}
+        for folder in state.instances.iterdir():
+            reservation = folder / ADDRESS_FILE
+            if not folder.is_symlink() and reservation.is_file():
+                with contextlib.suppress(OSError):
+                    taken.add(reservation.read_text().strip())
+        address = allocate_host_ip(taken)
+        (files.dir / ADDRESS_FILE).write_text(address + "\n")
+        return address
 
 
 def allocate_host_ip(taken: set[str]) -> str:
@@ -327,8 +350,10 @@ def pick_ssh_port(host: str, preferred: int = DEFAULT_SSH_PORT) -> int:
 @contextlib.contextmanager
 def instance_lock(files: InstanceFiles, timeout: float = 600.0) -> Iterator[None]:
     """Serialise commands on one instance across processes."""
+    refuse_link(files.dir)
     files.dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(files.lock, os.O_RDWR | os.O_CREAT, 0o600)
+    refuse_link(files.lock)
+    fd = os.open(files.lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         deadline = time.monotonic() + timeout
         while True:

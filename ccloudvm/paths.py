@@ -62,10 +62,31 @@ class StateDir:
         return self.instances / name
 
     def ensure(self) -> None:
-        """Create the directory tree; private to the user, since it holds keys and sockets."""
+        """Create the directory tree; private to the user, since it holds keys and sockets.
+        A symbolic link where one of its folders should be is refused, never followed."""
+        for path in (self.cache, self.instances, self.user_images, self.user_workloads, self.run):
+            refuse_link(path)
         for path in (self.root, self.cache, self.instances, self.run):
             path.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o700)
+
+
+def _shown(path: Path) -> str:
+    home = str(Path.home())
+    text = str(path)
+    return "~" + text[len(home) :] if text.startswith(home + "/") else text
+
+
+def refuse_link(path: Path) -> None:
+    """Raise a one-line error if `path` is a symbolic link (dangling or not): ccloudvm
+    never follows one out of its state directory."""
+    if path.is_symlink():
+        from ccloudvm.errors import StateError
+
+        raise StateError(
+            f"{_shown(path)} is a symbolic link to {os.readlink(path)}; ccloudvm does not "
+            "follow links in its state directory: remove the link"
+        )
 
 
 def resource_dir(name: str) -> Path:
@@ -82,7 +103,8 @@ def file_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on `path` (made if missing): one process at a time fills a
     cache entry; the others wait, then find it made."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    refuse_link(path)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -183,8 +183,37 @@ def _preflight(state: StateDir, request: instance.CreateRequest, workload: Workl
             )
 
 
+class CreateInterrupted(KeyboardInterrupt):
+    """A create stopped by ^C, SIGTERM or SIGHUP; `removed` says whether the half-made
+    instance was removed (it stays, booted but not provisioned, once provisioning began)."""
+
+    def __init__(self, name: str, removed: bool, exit_code: int) -> None:
+        super().__init__(name)
+        self.name = name
+        self.removed = removed
+        self.exit_code = exit_code
+
+
 def create(state: StateDir, ref: str, options: CreateOptions) -> InstanceState:
     request, workload = build_request(state, ref, options)
+    try:
+        return _create(state, ref, options, request, workload)
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, CreateInterrupted):
+            raise
+        name = request.name or ""
+        removed = not os.path.lexists(state.instance_dir(name))
+        code = getattr(exc, "exit_code", 130)
+        raise CreateInterrupted(name, removed, code) from exc
+
+
+def _create(
+    state: StateDir,
+    ref: str,
+    options: CreateOptions,
+    request: instance.CreateRequest,
+    workload: Workload,
+) -> InstanceState:
     reused = _saved_build(state, ref, workload) if options.use_cache and not options.image else None
     if reused is not None:
         ui.info(f"using the saved build {reused} of {workload.name}: nothing to provision")
