@@ -1,0 +1,125 @@
+"""Issue 8: hostile state (symbolic links), interrupted creates, concurrent allocations."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from ccloudvm import instance
+from ccloudvm.errors import CcloudvmError
+from ccloudvm.instance_state import files_of, instance_names, reserve_host_ip
+from ccloudvm.paths import StateDir
+
+
+def _state(tmp_path: Path) -> StateDir:
+    state = StateDir(tmp_path / "home")
+    state.ensure()
+    return state
+
+
+def _request(name: str = "vm") -> instance.CreateRequest:
+    return instance.CreateRequest(
+        workload="debian", image="img", name=name, mem_mib=512, cpus=1, disk_gib=1
+    )
+
+
+def test_a_dangling_link_as_instance_folder_is_one_line(tmp_path: Path) -> None:
+    state = _state(tmp_path)
+    (state.instances / "vm").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(CcloudvmError, match="is a symbolic link to .*nowhere.*remove the link"):
+        instance.create(state, _request())
+
+
+def test_a_link_to_another_folder_gets_nothing_written_into_it(tmp_path: Path) -> None:
+    state = _state(tmp_path)
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (state.instances / "vm").symlink_to(target)
+    with pytest.raises(CcloudvmError, match="symbolic link"):
+        instance.create(state, _request())
+    with (
+        pytest.raises(CcloudvmError, match="symbolic link"),
+        instance.instance_lock(files_of(state, "vm")),
+    ):
+        pass
+    assert list(target.iterdir()) == []
+    assert instance_names(state) == []
+
+
+def test_delete_of_a_link_name_leaves_the_target(tmp_path: Path) -> None:
+    state = _state(tmp_path)
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (target / "keep").write_text("x")
+    (state.instances / "vm").symlink_to(target)
+    with pytest.raises(CcloudvmError) as caught:
+        instance.delete(state, "vm")
+    assert "\n" not in str(caught.value) and "symbolic link" in str(caught.value)
+    assert (target / "keep").read_text() == "x"
+
+
+def test_a_link_as_a_main_subfolder_is_refused(tmp_path: Path) -> None:
+    state = StateDir(tmp_path / "home")
+    state.root.mkdir()
+    (state.root / "cache").symlink_to(tmp_path)
+    with pytest.raises(CcloudvmError, match="cache is a symbolic link"):
+        state.ensure()
+
+
+def _fake_create(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    disk = tmp_path / "base.qcow2"
+    disk.write_text("")
+    base = SimpleNamespace(
+        name="img", key="k", disk=disk, kernel=None, initrd=None, cmdline=None,
+        warm_boot=False,
+    )  # fmt: skip
+    monkeypatch.setattr(instance, "require_tool", lambda name: name)
+    monkeypatch.setattr(instance, "_check_disk_room", lambda *a: None)
+    monkeypatch.setattr(instance.images, "ensure_image", lambda *a, **k: base)
+    monkeypatch.setattr(instance, "_disk_virtual_size_gib", lambda *a: 0.0)
+    monkeypatch.setattr(instance.warmboot, "fits", lambda *a: False)
+    monkeypatch.setattr(instance.seed, "write_seed_iso", lambda *a, **k: None)
+    monkeypatch.setattr(instance, "_force_off", lambda *a: None)
+
+
+def _interrupt(*_a: Any, **_k: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("step", ["ensure_image", "write_seed_iso", "_first_boot", "_wait_ready"])
+def test_an_interrupted_create_leaves_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, step: str
+) -> None:
+    state = _state(tmp_path)
+    _fake_create(monkeypatch, tmp_path)
+    owner = {"ensure_image": instance.images, "write_seed_iso": instance.seed}.get(step, instance)
+    monkeypatch.setattr(owner, step, _interrupt)
+    if step == "_wait_ready":
+        monkeypatch.setattr(instance, "_first_boot", lambda *a: None)
+    with pytest.raises(KeyboardInterrupt):
+        instance.create(state, _request())
+    assert not state.instance_dir("vm").exists()
+    assert instance_names(state) == []
+
+
+def test_concurrent_reservations_never_share_an_address(tmp_path: Path) -> None:
+    state = _state(tmp_path)
+    got: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def one(index: int) -> None:
+        files = files_of(state, f"vm{index}")
+        files.dir.mkdir()
+        barrier.wait()
+        got.append(reserve_host_ip(state, files))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(got) == 8 and len(set(got)) == 8
