@@ -137,11 +137,6 @@ def _one_line(text: str) -> str:
     return re.sub(r"[\x00-\x1f\x7f]", " ", text)
 
 
-def _one_line(text: str) -> str:
-    """A name for a script comment: control characters (newlines) become spaces (issue 8)."""
-    return "".join(" " if ord(ch) < 32 or ord(ch) == 127 else ch for ch in text)
-
-
 def _script(
     work: _Workdir, body: str, env: Mapping[str, str], title: str, *, cd_home: bool = True
 ) -> str:
