@@ -376,6 +376,13 @@ def render(
             template = env.from_string(source or "")
         with _time_limit(label):
             return _render_limited(template, names, label)
+    except RenderLimitError as exc:
+        if exc.message.startswith(label):
+            raise
+        # raised by call_binop, which does not know the template's name
+        raise RenderLimitError(
+            f"{label}: {exc.message}", hint="use smaller numbers in the template"
+        ) from exc
     except UsageError:
         raise
     except jinja2.TemplateNotFound as exc:

@@ -509,8 +509,13 @@ class _Level:
         ctx: TemplateContext,
         wvars: Mapping[str, Any],
         cache_dir: Path,
+        untrusted_from: str | None = None,
     ) -> None:
         self.doc = doc
+        # The URL of the workload that makes this level untrusted: its own, or that of a
+        # child from a URL that inherits it. Host mounts, drives, files and CA certificate
+        # files are refused for the whole chain then, whatever level names them (issue 8).
+        self.untrusted_from = doc.src.origin if doc.src.remote else untrusted_from
         self.ctx = ctx
         self.wvars = wvars
         self.cache_dir = cache_dir
@@ -527,7 +532,7 @@ class _Level:
         downloads: Downloads | None = None,
     ) -> str:
         label = f"workload {self.doc.src.name} ({self.doc.where(path)})"
-        collector = downloads or Downloads(None, label, restricted=self.doc.src.remote)
+        collector = downloads or Downloads(None, label, restricted=self.untrusted_from is not None)
         names = template_variables(self.ctx, self.wvars, collector)
         return render(
             self.env,
@@ -545,10 +550,10 @@ class _Level:
         doc, vm = self.doc, self.doc.data.get("vm") or {}
         mem, disk = vm.get("mem"), vm.get("disk")
         for key in ("mounts", "drives"):
-            if doc.src.remote and vm.get(key):
+            if self.untrusted_from is not None and vm.get(key):
                 # A script from the internet must not get host folders or disks handed to it.
                 raise UsageError(
-                    f"{doc.where(('vm', key))}: a workload from a URL cannot share host {key}",
+                    f"{doc.where(('vm', key))}: {self._untrusted_text()} cannot share host {key}",
                     hint="download it and run it as a local file, or add --mount yourself",
                 )
         ports = []
@@ -620,15 +625,21 @@ class _Level:
 
     def _resolve_file(self, path: tuple[str | int, ...], ref: str) -> Path:
         src = self.doc.src
-        if src.base_dir is None:
+        if src.base_dir is None or self.untrusted_from is not None:
             raise UsageError(
-                f"{self.doc.where(path)}: a workload from a URL cannot read files from this host"
+                f"{self.doc.where(path)}: {self._untrusted_text()} cannot read files from this host",
+                hint="download it and run it as a local file if you trust it",
             )
         for folder in (src.base_dir, _bundled_dir()):
             candidate = (folder / Path(ref).expanduser()).resolve()
             if candidate.is_file():
                 return candidate
         raise UsageError(f"{self.doc.where(path)}: file {ref!r} not found")
+
+    def _untrusted_text(self) -> str:
+        if self.doc.src.remote or self.untrusted_from is None:
+            return "a workload from a URL"
+        return f"a workload inherited by {self.untrusted_from} (from a URL)"
 
     def steps(self) -> list[ProvisionStep]:
         steps = []
@@ -662,7 +673,9 @@ class _Level:
                     )
                 )
                 continue
-            downloads = Downloads(self.cache_dir, f"step {name!r}", restricted=self.doc.src.remote)
+            downloads = Downloads(
+                self.cache_dir, f"step {name!r}", restricted=self.untrusted_from is not None
+            )
             if raw.get("script") is not None:
                 script = self.render((*path, "script"), file=raw["script"], downloads=downloads)
             else:
@@ -851,8 +864,10 @@ def load_workload(
     image = ""
     description = ""
     nested = False
+    remote = [d.src.origin for d in docs if d.src.remote]
+    untrusted_from = remote[-1] if remote else None
     for doc in docs:
-        level = _Level(doc, ctx, wvars, cache_dir)
+        level = _Level(doc, ctx, wvars, cache_dir, untrusted_from)
         data = doc.data
         image = data.get("image") or image
         description = data.get("description") or description

@@ -638,9 +638,10 @@ def test_url_workload_cannot_mount_host_folders(
     write(root, "m.yaml", "image: x\nvm:\n  mounts: [{host: '~', guest: /h}]\n")
     with pytest.raises(UsageError, match="cannot share host mounts"):
         load_workload(state, f"{url}/m.yaml", ctx)
-    # inheriting a bundled workload's mount is fine: that part is not from the URL
+    # nor through a parent's mounts: inherits: go would share the host's GOPATH (issue 8)
     write(root, "g.yaml", "inherits: go\n")
-    assert load_workload(state, f"{url}/g.yaml", ctx).vm.mounts[0].tag == "hostgo"
+    with pytest.raises(UsageError, match=r"inherited by .*g\.yaml \(from a URL\) cannot share"):
+        load_workload(state, f"{url}/g.yaml", ctx)
 
 
 def test_url_that_cannot_be_fetched(
@@ -816,7 +817,13 @@ def test_url_workload_cannot_change_shared_values(
     expression: str, served: tuple[str, Path], state: StateDir, ctx: TemplateContext
 ) -> None:
     url, root = served
-    write(root, "mut.yaml", f"inherits: ciao\nprovision: [{{name: s, run: '{expression}'}}]\n")
+    # (not inherits: ciao, whose go parent mounts the host's GOPATH, refused for URLs)
+    write(
+        root,
+        "mut.yaml",
+        "inherits: debian\nvars: {tenant_images: [a]}\n"
+        f"provision: [{{name: s, run: '{expression}'}}]\n",
+    )
     with pytest.raises(UsageError, match="unsafe template access"):
         load_workload(state, f"{url}/mut.yaml", ctx)
 
