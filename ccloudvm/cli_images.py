@@ -10,6 +10,7 @@ import click
 from rich.table import Table
 
 from ccloudvm import builds, images, ui, warmboot
+from ccloudvm.errors import CcloudvmError
 from ccloudvm.paths import StateDir
 
 
@@ -24,20 +25,32 @@ def images_command(as_json: bool) -> None:
     state = StateDir.from_env()
     used = builds.images_in_use(state)
     rows: list[dict[str, object]] = []
+    broken: list[str] = []
     for image in images.cached_images(state):
-        meta = json.loads((image.directory / images.METADATA).read_text())
+        try:
+            meta = json.loads((image.directory / images.METADATA).read_text())
+            snapshots = warmboot.snapshots_of(state, image)
+        except (OSError, ValueError) as exc:  # one damaged entry must not hide the others
+            broken.append(f"cached image {image.directory} is damaged ({exc}); "
+                          f"'ccloudvm image rm {image.name}' and fetch it again")  # fmt: skip
+            continue
         rows.append({
             "name": image.name, "kind": image.kind, "key": image.key,
             "size_mib": round(sum(p.stat().st_size for p in image.directory.iterdir() if p.is_file()) / 2**20),
             "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(float(meta.get("created", 0)))),
             "in_use": image.directory in used, "path": str(image.directory),
-            "warm_snapshots": len(snapshots := warmboot.snapshots_of(state, image)),
+            "warm_snapshots": len(snapshots),
             "warm_snapshots_mib": round(sum(
                 p.stat().st_size for snap in snapshots for p in snap.directory.iterdir()
             ) / 2**20),
         })  # fmt: skip
     cached = {r["name"] for r in rows}
-    for definition in images.list_definitions(state):
+    bad_definitions: list[CcloudvmError] = []
+    definitions = images.list_definitions(state, bad_definitions)
+    broken += [str(exc) for exc in bad_definitions]
+    for problem in broken:
+        ui.warn(problem)
+    for definition in definitions:
         if definition.name not in cached:
             rows.append({"name": definition.name, "kind": f"not fetched ({definition.kind})", "key": definition.key,
                          "size_mib": 0, "created": "", "in_use": False, "path": str(definition.path),

@@ -8,6 +8,7 @@ variables (requests' trust_env).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -16,7 +17,7 @@ from pathlib import Path
 import requests
 
 from ccloudvm import ui
-from ccloudvm.errors import CcloudvmError
+from ccloudvm.errors import CcloudvmError, check_free_space, no_space_error
 
 CHUNK_SIZE = 1 << 20
 # Network reads are smaller: a chunk cut off by a broken connection is lost, not kept.
@@ -93,6 +94,11 @@ def download(
             f"download of {url} failed: {_reason(exc)}",
             hint=f"the partial download is kept in {part} and resumes on the next run",
         ) from exc
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        part.unlink(missing_ok=True)  # a partial file on a full disk helps no one
+        raise no_space_error(dest.parent) from exc
     if digest != expected:
         part.unlink(missing_ok=True)
         raise CcloudvmError(
@@ -125,6 +131,9 @@ def _fetch(http: requests.Session, url: str, part: Path, label: str) -> str:
                     digest.update(chunk)
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length and length.isdigit() else None
+        if length and length.isdigit():
+            # Known size: refuse up front rather than fill the disk (issue 8).
+            check_free_space(part.parent, int(length))
         with ui.download_progress() as progress, part.open("ab" if offset else "wb") as handle:
             task = progress.add_task(label, total=total, completed=offset)
             for chunk in response.iter_content(NET_CHUNK_SIZE):

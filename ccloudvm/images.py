@@ -119,13 +119,24 @@ def load_definition(state: StateDir, name: str) -> ImageDefinition:
     )
 
 
-def list_definitions(state: StateDir) -> list[ImageDefinition]:
-    """All definitions by name; a user's definition hides a bundled one of the same name."""
+def list_definitions(
+    state: StateDir, broken: list[CcloudvmError] | None = None
+) -> list[ImageDefinition]:
+    """All definitions by name; a user's definition hides a bundled one of the same name.
+
+    A definition that does not parse is left out (its error appended to `broken`): one
+    bad file must not hide the others (issue 8)."""
     found: dict[str, ImageDefinition] = {}
+    seen: set[str] = set()
     for origin, folder in _definition_dirs(state):
         for path in sorted(folder.glob("*.yaml")):
-            if path.stem not in found and _NAME.match(path.stem):
-                found[path.stem] = _parse_definition(path.stem, origin, path)
+            if path.stem not in seen and _NAME.match(path.stem):
+                seen.add(path.stem)
+                try:
+                    found[path.stem] = _parse_definition(path.stem, origin, path)
+                except CcloudvmError as exc:
+                    if broken is not None:
+                        broken.append(exc)
     return [found[name] for name in sorted(found)]
 
 
