@@ -14,11 +14,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ccloudvm import generalise, images, instance, ui
+from ccloudvm import diskspace, generalise, images, instance, ui
 from ccloudvm.errors import CcloudvmError, NotFoundError, StateError, UsageError
 from ccloudvm.instance_state import files_of, instance_names, load_state
 from ccloudvm.paths import StateDir
-from ccloudvm.proc import CommandFailed, run
+from ccloudvm.proc import run
 from ccloudvm.workload import Workload, render_workload_yaml
 
 BUILD_INSTANCE_NAME = "ccloudvm-build"  # the name workloads are rendered for when keyed
@@ -65,13 +65,11 @@ def _record_build(state: StateDir, key: str, image: images.BaseImage, workload: 
     os.replace(tmp, folder / f"{key}.json")
 
 
-def _raise_disk_full(exc: CommandFailed, what: str) -> None:
-    if "No space left" in exc.output or "ENOSPC" in exc.output:
-        raise CcloudvmError(
-            f"the disk filled up while {what}; partial files were removed",
-            hint="free some space and retry",
-        ) from exc
-    raise exc
+def _save_needs(disk: Path) -> int:
+    """Bytes a save may write: the guest's data flattened (sparse raw), then compressed
+    (at most as big again). qemu-img measure counts the data the whole chain holds."""
+    measured = json.loads(run(["qemu-img", "measure", "--output=json", "-O", "qcow2", disk]).stdout)
+    return 2 * int(measured.get("required", 0))
 
 
 def save_instance(
@@ -95,23 +93,24 @@ def save_instance(
             f"{image_name!r} is the name of an image definition", hint="choose another name"
         )
     (state.cache / "tmp").mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="save-", dir=state.cache / "tmp") as tmp:
+    needed = _save_needs(files.disk)
+    diskspace.check_free_space(state.cache, needed)
+    with (
+        diskspace.reporting_full_disk(state.cache, needed),
+        tempfile.TemporaryDirectory(prefix="save-", dir=state.cache / "tmp") as tmp,
+    ):
         flat = Path(tmp) / "disk.raw"
-        try:
-            with ui.step(f"Flattening {name}'s disk"):
-                run(["qemu-img", "convert", "-O", "raw", files.disk, flat])
-            if offline_generalise:
-                generalise.generalise(flat, inst.guest_user)
-            image = images.save_image(
-                state, image_name, flat,
-                kernel=Path(inst.image.kernel) if inst.image.kernel else None,
-                initrd=Path(inst.image.initrd) if inst.image.initrd else None,
-                cmdline=inst.image.cmdline,
-                warm_boot=inst.image.warm_boot,
-            )  # fmt: skip
-        except CommandFailed as exc:
-            _raise_disk_full(exc, f"saving {image_name}")
-            raise
+        with ui.step(f"Flattening {name}'s disk"):
+            run(["qemu-img", "convert", "-O", "raw", files.disk, flat])
+        if offline_generalise:
+            generalise.generalise(flat, inst.guest_user)
+        image = images.save_image(
+            state, image_name, flat,
+            kernel=Path(inst.image.kernel) if inst.image.kernel else None,
+            initrd=Path(inst.image.initrd) if inst.image.initrd else None,
+            cmdline=inst.image.cmdline,
+            warm_boot=inst.image.warm_boot,
+        )  # fmt: skip
     ui.info(f"saved {name} as image {image_name} ({image.disk.stat().st_size / 2**20:.0f} MiB)")
     return image
 
@@ -192,23 +191,31 @@ def remove(state: StateDir, name: str) -> None:
 
 
 def prune(state: StateDir) -> list[str]:
-    """Remove cached images that no instance uses and no definition or build index points at."""
+    """Remove cached images that no instance uses and no definition or build index points at.
+
+    A damaged build record or definition cannot say what it points at, so while one is
+    there the images it might need stay (and the damaged file is named)."""
     used = images_in_use(state)
     wanted_builds = set()
-    for record in _builds_dir(state).glob("*.json") if _builds_dir(state).is_dir() else []:
+    broken_records = []
+    for record in sorted(_builds_dir(state).glob("*.json")) if _builds_dir(state).is_dir() else []:
         try:
-            wanted_builds.add(json.loads(record.read_text())["image"])
-        except (OSError, ValueError, KeyError):
-            continue
-    current_keys = {d.key for d in images.list_definitions(state)}
+            wanted_builds.add(str(json.loads(record.read_text())["image"]))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            broken_records.append(record)
+            ui.warn(f"build record {record} is damaged ({exc}); remove it, then prune again")
+    bad_definitions: list[CcloudvmError] = []
+    current_keys = {d.key for d in images.list_definitions(state, bad_definitions)}
+    for problem in bad_definitions:
+        ui.warn(f"{problem}; images of definitions are kept until it is fixed")
     removed = []
     for image in images.cached_images(state):
         keep = image.directory in used or image.name in wanted_builds
         if image.kind == "saved":
             # A user's own `image save` is theirs: only superseded builds go.
-            keep = keep or "-build-" not in image.name
+            keep = keep or "-build-" not in image.name or bool(broken_records)
         else:
-            keep = keep or image.key in current_keys
+            keep = keep or image.key in current_keys or bool(bad_definitions)
         if not keep:
             images.remove_image(image)
             removed.append(image.directory.name)

@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 import click
 from rich.table import Table
 
-from ccloudvm import __version__, cli_cluster, cli_images, cli_workloads, instance, ui
+from ccloudvm import __version__, cli_cluster, cli_images, cli_workloads, diskspace, instance, ui
 from ccloudvm.errors import CcloudvmError, UsageError
 from ccloudvm.instance_state import instance_names
 from ccloudvm.paths import StateDir
@@ -452,6 +452,8 @@ def main(argv: list[str] | None = None) -> None:
     except CcloudvmError as exc:
         if _debug:
             raise
+        if diskspace.is_disk_full(exc) and not isinstance(exc, diskspace.NoSpaceError):
+            exc = diskspace.no_space_error(_state().root)  # a host command met a full disk
         _fail(exc.message, exc.hint, exc.exit_code)
     except CreateInterrupted as exc:
         if exc.removed:
@@ -468,6 +470,9 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as exc:  # the host refused something we did not foresee: still one line
         if _debug:
             raise
+        if diskspace.is_disk_full(exc):
+            full = diskspace.no_space_error(Path(exc.filename or _state().root))
+            _fail(full.message, None, full.exit_code)
         where = f": {exc.filename}" if exc.filename else ""
         _fail(f"{exc.strerror or exc}{where}", "run with --debug for the details", 1)
 

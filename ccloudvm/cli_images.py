@@ -26,7 +26,7 @@ def images_command(as_json: bool) -> None:
     used = builds.images_in_use(state)
     rows: list[dict[str, object]] = []
     broken: list[str] = []
-    for image in images.cached_images(state):
+    for image in images.cached_images(state, broken):
         try:
             meta = json.loads((image.directory / images.METADATA).read_text())
             snapshots = warmboot.snapshots_of(state, image)

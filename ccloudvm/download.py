@@ -8,7 +8,6 @@ variables (requests' trust_env).
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import re
@@ -17,7 +16,8 @@ from pathlib import Path
 import requests
 
 from ccloudvm import ui
-from ccloudvm.errors import CcloudvmError, check_free_space, no_space_error
+from ccloudvm.diskspace import check_free_space, is_disk_full, no_space_error
+from ccloudvm.errors import CcloudvmError
 
 CHUNK_SIZE = 1 << 20
 # Network reads are smaller: a chunk cut off by a broken connection is lost, not kept.
@@ -95,7 +95,7 @@ def download(
             hint=f"the partial download is kept in {part} and resumes on the next run",
         ) from exc
     except OSError as exc:
-        if exc.errno != errno.ENOSPC:
+        if not is_disk_full(exc):
             raise
         part.unlink(missing_ok=True)  # a partial file on a full disk helps no one
         raise no_space_error(dest.parent) from exc

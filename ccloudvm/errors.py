@@ -40,39 +40,3 @@ class StateError(CcloudvmError):
 
 class ToolMissingError(CcloudvmError):
     """A host program (qemu, qemu-img, mmdebstrap, ...) is not installed."""
-
-
-def no_space_error(path: object, needed_bytes: int | None = None) -> CcloudvmError:
-    """The one-line 'disk full' error for the file system holding `path` (issue 8)."""
-    import os
-    import shutil
-    from pathlib import Path
-
-    where = Path(str(path))
-    while not where.exists() and where != where.parent:
-        where = where.parent
-    try:
-        free = shutil.disk_usage(where).free // 2**20
-    except OSError:
-        free = 0
-    mount = os.path.realpath(where)
-    needed = f"{needed_bytes // 2**20} MiB needed, " if needed_bytes else ""
-    return CcloudvmError(
-        f"no space left on {mount}: {needed}{free} MiB free; free some or set CCLOUDVM_HOME"
-    )
-
-
-def check_free_space(path: object, needed_bytes: int) -> None:
-    """Raise no_space_error before a write of `needed_bytes` that cannot fit."""
-    import shutil
-    from pathlib import Path
-
-    where = Path(str(path))
-    while not where.exists() and where != where.parent:
-        where = where.parent
-    try:
-        free = shutil.disk_usage(where).free
-    except OSError:
-        return
-    if needed_bytes > free:
-        raise no_space_error(where, needed_bytes)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ccloudvm import proc, ui
+from ccloudvm import diskspace, proc, ui
 from ccloudvm.errors import CcloudvmError
 
 # Part of every build recipe's cache key: bump it when the builder's output changes.
@@ -34,6 +34,9 @@ _UNIT = re.compile(r"^[A-Za-z0-9@_.:-]+$")
 _MIRROR = re.compile(r"^(https?|file)://\S+$")
 
 MMDEBSTRAP_TIMEOUT = 3600.0
+# Peak use of a build (root tree + raw disk + qcow2): 1.8 GiB measured for debian-12.
+# A lower bound, checked up front rather than filling the disk half-way.
+BUILD_NEEDS_BYTES = 2 << 30
 SETUP_TREE = "setup"  # relative to the work directory: mmdebstrap's cwd
 ROOT_TREE = "root"
 
@@ -134,26 +137,32 @@ def build_image(recipe: BuildRecipe, out_dir: Path, *, name: str = "image") -> N
         )
     for tool in ("mmdebstrap", "mkfs.ext4", "qemu-img", "chroot"):
         proc.require_tool(tool)
+    diskspace.check_free_space(out_dir, BUILD_NEEDS_BYTES)
     work = Path(tempfile.mkdtemp(prefix=".work-", dir=out_dir))
     try:
-        root = work / ROOT_TREE
-        _write_setup_tree(recipe, work / SETUP_TREE)
-        with ui.step(f"Installing {recipe.suite} packages with mmdebstrap"):
-            proc.run(mmdebstrap_argv(recipe), cwd=work, timeout=MMDEBSTRAP_TIMEOUT)
-        with ui.step("Configuring the root file system"):
-            configure_root(recipe, root)
-            kernel, initrd = find_boot_files(root)
-            shutil.copyfile(kernel, out_dir / "vmlinuz")
-            shutil.copyfile(initrd, out_dir / "initrd.img")
-        raw = work / "disk.raw"
-        with ui.step(f"Creating a {recipe.size_gib} GiB ext4 file system"):
-            with raw.open("wb") as handle:
-                handle.truncate(recipe.size_gib << 30)  # sparse
-            proc.run(["mkfs.ext4", "-q", "-F", "-L", "rootfs", "-d", root, raw])
-        with ui.step("Compressing the disk to qcow2"):
-            proc.run(["qemu-img", "convert", "-c", "-O", "qcow2", raw, out_dir / "disk.qcow2"])
+        with diskspace.reporting_full_disk(out_dir, BUILD_NEEDS_BYTES):
+            _build_in(recipe, work, out_dir)
     finally:
         remove_tree(work)
+
+
+def _build_in(recipe: BuildRecipe, work: Path, out_dir: Path) -> None:
+    root = work / ROOT_TREE
+    _write_setup_tree(recipe, work / SETUP_TREE)
+    with ui.step(f"Installing {recipe.suite} packages with mmdebstrap"):
+        proc.run(mmdebstrap_argv(recipe), cwd=work, timeout=MMDEBSTRAP_TIMEOUT)
+    with ui.step("Configuring the root file system"):
+        configure_root(recipe, root)
+        kernel, initrd = find_boot_files(root)
+        shutil.copyfile(kernel, out_dir / "vmlinuz")
+        shutil.copyfile(initrd, out_dir / "initrd.img")
+    raw = work / "disk.raw"
+    with ui.step(f"Creating a {recipe.size_gib} GiB ext4 file system"):
+        with raw.open("wb") as handle:
+            handle.truncate(recipe.size_gib << 30)  # sparse
+        proc.run(["mkfs.ext4", "-q", "-F", "-L", "rootfs", "-d", root, raw])
+    with ui.step("Compressing the disk to qcow2"):
+        proc.run(["qemu-img", "convert", "-c", "-O", "qcow2", raw, out_dir / "disk.qcow2"])
 
 
 def mmdebstrap_argv(recipe: BuildRecipe) -> list[str]:

@@ -258,19 +258,29 @@ def ensure_image(state: StateDir, name: str) -> BaseImage:
     return _read_image(directory, cmdline=definition.cmdline, warm_boot=definition.warm_boot)
 
 
-def cached_images(state: StateDir) -> list[BaseImage]:
-    """Every complete image in the cache, oldest first."""
+def cached_images(state: StateDir, broken: list[str] | None = None) -> list[BaseImage]:
+    """Every complete image in the cache, oldest first.
+
+    A folder is an image only when its image.json (written last, after every file was
+    verified) reads back with its disk present. Anything else is left out, and named in
+    `broken` with what to do about it: one damaged entry never hides the others."""
     folder = images_dir(state)
     if not folder.is_dir():
         return []
     found: list[tuple[float, BaseImage]] = []
-    for directory in folder.iterdir():
-        meta = directory / METADATA
+    for directory in sorted(folder.iterdir()):
         try:
-            created = float(json.loads(meta.read_text()).get("created", 0))
-            found.append((created, _read_image(directory)))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue  # not a complete image directory
+            created = float(_read_meta(directory).get("created", 0))
+            image = _read_image(directory)
+            if not image.disk.is_file():
+                raise ValueError(f"{DISK} is missing")
+            found.append((created, image))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            if broken is not None:
+                broken.append(
+                    f"cached image {directory} is damaged ({exc}); remove that folder and "
+                    "let ccloudvm fetch or build the image again"
+                )
     return [image for _, image in sorted(found, key=lambda pair: (pair[0], pair[1].name))]
 
 
@@ -378,7 +388,12 @@ def _download_into(state: StateDir, definition: ImageDefinition, tmp: Path) -> d
             )
         digests[role] = digest.lower()
         dest = staging / f"{role}-{filename}"
-        fetched[role] = download.download(url, dest, digest, description=f"{role} {filename}")
+        try:
+            fetched[role] = download.download(url, dest, digest, description=f"{role} {filename}")
+        except CcloudvmError:
+            with contextlib.suppress(OSError):
+                staging.rmdir()  # only when empty: a resumable partial file stays
+            raise
     for role, path in fetched.items():
         if role == "disk":
             _to_qcow2(path, tmp / DISK)
