@@ -47,16 +47,30 @@ def converse(
             await asyncio.wait_for(client.connect(str(socket)), timeout)
             return await asyncio.wait_for(conversation(client), timeout)
         finally:
-            await client.disconnect()
+            # qemu.qmp's disconnect re-raises what ended the connection: after "quit",
+            # QEMU closing the socket (an EOFError with no message). The conversation's
+            # own outcome is what counts, so that is only logged.
+            try:
+                await client.disconnect()
+            except Exception as exc:  # noqa: BLE001 - see above
+                _log.debug("QMP disconnect from %s: %r", socket, exc)
 
     try:
         return asyncio.run(talk())
     except CcloudvmError:
         raise  # the conversation's own verdict
     except (TimeoutError, OSError, ConnectionError, ConnectError) as exc:
-        raise QMPUnavailable(f"QEMU's monitor at {socket} did not answer: {exc}") from exc
+        raise QMPUnavailable(
+            f"QEMU's monitor at {socket} did not answer: {_describe(exc)}"
+        ) from exc
     except Exception as exc:  # qemu.qmp raises its own ExecuteError and state errors
-        raise QMPUnavailable(f"{what} failed: {exc}") from exc
+        raise QMPUnavailable(f"{what} failed: {_describe(exc)}") from exc
+
+
+def _describe(exc: BaseException) -> str:
+    """Never an empty reason: some of qemu.qmp's errors carry no message."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def execute(

@@ -38,9 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qemu.qmp import QMPClient
+from qemu.qmp import ExecInterruptedError, QMPClient
 
-from ccloudvm import paths, process, qemu, qmp, ready, ui
+from ccloudvm import diskspace, paths, process, qemu, qmp, ready, ui
 from ccloudvm.errors import CcloudvmError
 from ccloudvm.images import BaseImage
 from ccloudvm.instance_state import pick_ssh_port
@@ -59,6 +59,8 @@ META = "snapshot.json"
 ENV_SWITCH = "CCLOUDVM_WARM_BOOT"  # "0" turns warm boot off (cold boots only)
 SNAPSHOT_TIMEOUT = 600.0
 RESTORE_TIMEOUT = 120.0
+# A booted guest's memory as saved (zero pages skipped) is rarely less than this.
+SNAPSHOT_MIN_BYTES = 256 << 20
 
 
 class WarmBootFailed(CcloudvmError):
@@ -91,7 +93,7 @@ def snapshots_of(state: StateDir, image: BaseImage) -> list[Snapshot]:
     folder = snapshots_dir(state) / image.directory.name
     if not folder.is_dir():
         return []
-    return [Snapshot(d) for d in sorted(folder.iterdir()) if (d / META).is_file()]
+    return [Snapshot(d) for d in sorted(folder.iterdir()) if d.is_dir() and (d / META).is_file()]
 
 
 def slot_tag(index: int) -> str:
@@ -202,6 +204,10 @@ def _make(
     folder: Path,
 ) -> None:
     started = time.monotonic()
+    try:
+        diskspace.check_free_space(folder.parent, SNAPSHOT_MIN_BYTES)
+    except diskspace.NoSpaceError as exc:
+        raise WarmBootFailed(exc.message) from exc
     tmp = Path(tempfile.mkdtemp(prefix=".making-", dir=folder.parent))
     try:
         state.run.mkdir(parents=True, exist_ok=True)
@@ -222,13 +228,21 @@ def _make(
             )
         )
         os.rename(tmp, folder)  # complete, or not there at all
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, Exception) and _filled_disk(exc, folder.parent):
+            raise WarmBootFailed(diskspace.no_space_error(folder.parent).message) from exc
         raise
     ui.info(
         f"warm-boot snapshot of {image.name} made in {time.monotonic() - started:.1f} s "
         f"({(folder / STATE).stat().st_size / 2**20:.0f} MiB)"
     )
+
+
+def _filled_disk(exc: Exception, folder: Path) -> bool:
+    # QEMU reports a full disk during migration only as a failed migration: ask the disk.
+    free = diskspace.free_bytes(folder)
+    return diskspace.is_disk_full(exc) or (free is not None and free < SNAPSHOT_MIN_BYTES // 4)
 
 
 def _boot_and_save(
@@ -306,7 +320,9 @@ async def _save(client: QMPClient, fd: int) -> None:
     await client.execute("getfd", {"fdname": "snapshot"})
     await client.execute("migrate", {"uri": "fd:snapshot"})
     await _wait_migration(client, "saving")
-    await client.execute("quit")
+    # The state is saved; QEMU may close the monitor before it answers "quit".
+    with contextlib.suppress(ExecInterruptedError):
+        await client.execute("quit")
 
 
 async def _wait_migration(client: QMPClient, doing: str) -> None:

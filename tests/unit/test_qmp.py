@@ -168,3 +168,33 @@ def test_the_library_adds_no_log_lines_of_its_own_unless_debugging(
     with pytest.raises(qmp.QMPUnavailable):
         qmp.query_status(tmp_path / "qmp.sock")
     assert any("Failed to establish connection" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("answered", [True, False])
+def test_a_conversation_ending_in_quit_keeps_its_result(tmp_path: Path, answered: bool) -> None:
+    # A warm-boot save ends with "quit"; QEMU closing the socket must not turn the saved
+    # snapshot into a failure with an empty reason (issue 10, item 3).
+    from qemu.qmp import ExecInterruptedError
+
+    fake = FakeMonitor(tmp_path / "qmp.sock", answer_quit=answered)
+
+    async def save_then_quit(client: Any) -> str:
+        await client.execute("query-status")
+        try:
+            await client.execute("quit")
+        except ExecInterruptedError:
+            pass
+        return "saved"
+
+    try:
+        assert qmp.converse(fake.path, save_then_quit) == "saved"
+    finally:
+        fake.close()
+
+
+def test_an_error_without_a_message_still_names_itself(monitor: FakeMonitor) -> None:
+    async def fails_silently(client: Any) -> None:
+        raise EOFError
+
+    with pytest.raises(qmp.QMPUnavailable, match="failed: EOFError$"):
+        qmp.converse(monitor.path, fails_silently, what="warm boot")
