@@ -56,7 +56,7 @@ NETWORK_DEFAULTS: dict[str, Any] = {
     "dhcp_start": "198.51.100.50",
     "dhcp_end": "198.51.100.100",
     "lease_time": "12h",
-    "dns": False,
+    "dns": True,
     "external_interface": "",
 }
 
