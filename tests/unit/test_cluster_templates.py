@@ -195,7 +195,9 @@ def test_ciao_setup_checks_its_programs_before_changing_anything(tmp_path: Path)
     text = render("cluster/ciao/setup.sh.j2")
     first_check = text.index("require_ciao $ciao_tools")
     # Before it, only definitions: comments, assignments, functions (indented bodies).
-    harmless = re.compile(r"(#|$|\s|[a-z_]+=|[A-Z]+=|[a-z0-9_]+\(\) \{|\}|\{|: |set -eu)")
+    harmless = re.compile(
+        r"(#|$|\s|[a-z_]+=|[A-Z]+=|export [a-z_]+=|[a-z0-9_]+\(\) \{|\}|\{|: |set -eu)"
+    )
     for line in text[:first_check].splitlines():
         assert harmless.match(line), line
     # And for real: this machine has no ciao, so it stops at once with one line.
@@ -213,8 +215,8 @@ def test_ciao_setup_checks_its_programs_before_changing_anything(tmp_path: Path)
     errors = [line for line in result.stdout.splitlines() if line.startswith("ERROR: ")]
     assert len(errors) == 1
     assert errors[0].startswith(
-        "ERROR: ciao cannot run here, missing: ciao-cert ciao-scheduler ciao-controller "
-        "ciao-launcher ciao docker"
+        "ERROR: ciao cannot run here, missing: ciao-deploy ciao-scheduler ciao-controller "
+        "ciao-launcher ciao go docker"
     )
     assert not state.exists()
 
@@ -229,41 +231,72 @@ def test_ciao_scripts_need_a_setup(action: str, tmp_path: Path) -> None:
 
 
 def test_ciao_names_and_addresses() -> None:
+    """The names and steps of ciao 194264a's testutil/singlevm (see test_ciao_pinned.py)."""
     setup = render("cluster/ciao/setup.sh.j2")
     for needle in (
         "ciao_gopath=/home/dev/go",
-        'PATH="$ciao_gopath/bin:$PATH"',
-        '-host="$ciao_host" -ip="$gateway"',
-        "-role scheduler",
-        "agent,netagent",
-        "--single",
-        "--network=dual",
-        "--hard-reset",
-        "compute_net: [$subnet]",
+        'PATH="$ciao_gobin:$PATH"',
+        'https_key="$ciao_local/https_key.pem"',
+        'https_cert="$ciao_local/https_cert.pem"',
+        '-subj "/C=US/ST=CA/L=Santa Clara/O=ciao/CN=$ciao_host"',
+        "ssh-keygen -q -f \"$ciao_ssh_key\" -t rsa -N ''",
+        "docker run --name ceph-demo -d --net=host -v /etc/ceph:/etc/ceph",
+        "ceph auth get-or-create client.ciao -o /etc/ceph/ceph.client.ciao.keyring",
+        "as_user ciao-deploy setup",
+        "--local-launcher",
+        '--server-ip="$gateway"',
+        "--cnci=tiny",
+        "as_user ciao-deploy auth create testuser",
+        'chmod a+r "$ciao_conf"',
+        "as_user ciao-deploy create-bat-workloads",
         "export CIAO_CONTROLLER=$ciao_host",
-        "export CIAO_USERNAME=$ciao_username",
-        "export CIAO_PASSWORD=$ciao_password",
-        "export CIAO_CA_CERT_FILE=$ciao_ca_cert",
+        "export CIAO_CLIENT_CERT_FILE=$client_cert",
+        "export CIAO_ADMIN_CLIENT_CERT_FILE=$admin_client_cert",
+        "export CIAO_CA_CERT_FILE=$https_cert",
         "export CIAO_SSH_KEY=$ciao_ssh_key",
         "ciao_pki=/etc/pki/ciao",
-        'record pidfile "$name" "$pidfile"',
+        'record exec "$ciao_gobin/ciao-launcher" --alsologtostderr -v 3 --hard-reset',
+        'record exec systemctl disable --now "$unit" "$unit-prepare"',
+        "record docker ceph-demo",
     ):
         assert needle in setup, needle
+    # Undone newest first: the services stop before the launcher resets, both before the
+    # files ciao-deploy wrote go; the user goes last.
+    assert (
+        setup.index("record exec userdel ciao")
+        < setup.index('claim_file "$ciao_conf"')
+        < setup.index("--hard-reset")
+        < setup.index("systemctl disable --now")
+        < setup.index("as_user ciao-deploy setup")
+    )
+    # What setup downloads is fetched after the check-only exit, before the first change.
+    assert (
+        setup.index("CCLOUDVM_CLUSTER_CHECK_ONLY")
+        < setup.index("cannot pull the container image")
+        < setup.index("make_state_dir\n")
+    )
     verify = render("cluster/ciao/verify.sh.j2")
     for needle in (
-        "--instances 2",
+        '--instances=2',
         'check "launch 2 VMs"',
         'check "launch 2 containers"',
-        'check "the VMs answer SSH"',
+        'check "the VM answers SSH"',
         'check "container to container ping"',
-        'check "delete all instances, none left"',
+        'check "SSH over the external IP"',
+        'check "the CNCI reboots"',
+        'check "a map failure is reported"',
+        'check "an unmap failure is reported"',
+        'check "no ciao networks or interfaces left"',
+        "ext_subnet=203.0.113.0/24",
         "StrictHostKeyChecking=accept-new",
+        "as_admin ciao delete events",
     ):
         assert needle in verify, needle
     assert "StrictHostKeyChecking=no" not in verify
     bat = render("cluster/ciao/bat.sh.j2")
     assert 'test-cases -v "./$package"' in bat
     assert "base_bat" in bat and "workload_bat" in bat
+    assert "GO111MODULE=off" in bat
     cleanup = render("cluster/ciao/cleanup.sh.j2")
     assert cleanup.index("nothing to clean up") < cleanup.index("ciao delete instance --all")
     assert cleanup.index("ciao delete instance --all") < cleanup.index("undo_journal ||")
@@ -483,6 +516,10 @@ def test_the_pause_hook_has_a_name_of_its_own() -> None:
 def test_ciao_setup_keeps_what_it_replaces() -> None:
     setup = render("cluster/ciao/setup.sh.j2")
     assert "install -m 0644 -t" not in setup  # copies nobody recorded
-    assert 'ensure_file "$copy" 0644 <"$cert"' in setup
-    assert 'ensure_file "$ciao_conf" 0644' in setup
+    assert 'ensure_file "$ciao_pki/https_cert.pem" 0644 <"$https_cert"' in setup
+    assert 'ensure_file "$ovmf" 0644 <"$ciao_local/OVMF.fd"' in setup
     assert 'ensure_file "$ciao_env_file" 0644' in setup
+    # Files ciao-deploy writes are claimed first: backed up when they exist.
+    assert 'claim_file "$ciao_conf"' in setup
+    assert 'claim_file "/usr/local/bin/$unit"' in setup
+    assert 'claim_file "/etc/systemd/system/$unit.service"' in setup
