@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
@@ -180,10 +181,8 @@ def test_a_conversation_ending_in_quit_keeps_its_result(tmp_path: Path, answered
 
     async def save_then_quit(client: Any) -> str:
         await client.execute("query-status")
-        try:
+        with contextlib.suppress(ExecInterruptedError):
             await client.execute("quit")
-        except ExecInterruptedError:
-            pass
         return "saved"
 
     try:
