@@ -99,8 +99,9 @@ def cli(debug: bool) -> None:
     "--port",
     "ports",
     multiple=True,
-    metavar="HOST:GUEST",
-    help="Forward a guest TCP port to the instance's loopback address (repeatable).",
+    metavar="[ADDR:]HOST:GUEST",
+    help="Forward a guest TCP port to ADDR:HOST on the host (repeatable). ADDR is a "
+    "loopback address, 127.0.0.1 (localhost) when left out.",
 )
 @click.option(
     "--drive",

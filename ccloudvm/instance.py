@@ -42,7 +42,7 @@ from ccloudvm.instance_state import (
 )
 from ccloudvm.paths import StateDir, refuse_link
 from ccloudvm.proc import require_tool, run
-from ccloudvm.specs import MountSpec, PortSpec
+from ccloudvm.specs import DEFAULT_PORT_ADDRESS, MountSpec, PortSpec
 from ccloudvm.ssh import SSHTarget, known_hosts_line, wait_for_ssh
 
 DEFAULT_DISK_GIB = 20
@@ -150,17 +150,28 @@ def _check_drives(drives: list[str]) -> None:
 
 
 def _check_ports(ports: list[PortSpec], host_ip: str) -> None:
-    seen: set[int] = set()
+    """Every forward can be bound: on 127.0.0.1 unless the port names its address. The SSH
+    forward is on the instance's own address (`host_ip`), so it never clashes with these."""
+    seen: set[tuple[str, int]] = set()
     for port in ports:
-        if port.host in seen:
-            raise UsageError(f"host port {port.host} is forwarded twice")
-        seen.add(port.host)
-        check_port_allowed(host_ip, port.host)  # "needs root" is not "in use"
-        if not port_free(host_ip, port.host):
+        where = (port.bind_address, port.host)
+        if where in seen:
+            raise UsageError(f"host port {port.bind_address}:{port.host} is forwarded twice")
+        seen.add(where)
+        check_port_allowed(port.bind_address, port.host)  # "needs root" is not "in use"
+        if not port_free(port.bind_address, port.host):
             raise UsageError(
-                f"port {port.host} on {host_ip} is already in use",
-                hint="pick another host port, for example --port 18080:80",
+                f"port {port.host} on {port.bind_address} is already in use",
+                hint=f"pick another host port (--port {_spare_port(port.host)}:{port.guest}) "
+                f"or another loopback address (--port 127.0.0.2:{port.host}:{port.guest})",
             )
+
+
+def _spare_port(taken: int) -> int:
+    for candidate in range(taken + 10000 if taken < 50000 else 20000, 65536):
+        if port_free(DEFAULT_PORT_ADDRESS, candidate):
+            return candidate
+    return 18080
 
 
 def _disk_virtual_size_gib(disk: Path) -> float:
@@ -596,7 +607,7 @@ def status(state: StateDir, name: str) -> dict[str, Any]:
         # How it first booted: from a warm-boot snapshot of its image, or cold.
         "boot": "warm" if inst.warm_snapshot else "cold",
         "ssh": f"{inst.guest_user}@{inst.host_ip}:{inst.ssh_port}",
-        "ports": [f"{inst.host_ip}:{p.host}->{p.guest}" for p in inst.port_specs()],
+        "ports": [p.endpoint() for p in inst.port_specs()],
         "mounts": [f"{m.host_path}->{m.guest_path}" for m in inst.mount_specs()],
         "directory": str(files.dir),
     }

@@ -48,7 +48,7 @@ class MachineConfig:
 
 def command_line(qemu: str, cfg: MachineConfig) -> list[str]:
     forwards = [f"hostfwd=tcp:{cfg.host_ip}:{cfg.ssh_port}-:22"]
-    forwards += [f"hostfwd=tcp:{cfg.host_ip}:{p.host}-:{p.guest}" for p in cfg.ports]
+    forwards += [f"hostfwd=tcp:{p.bind_address}:{p.host}-:{p.guest}" for p in cfg.ports]
     argv = [
         qemu,
         "-name", escape(cfg.name),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,28 +14,63 @@ SECURITY_MODELS = ("passthrough", "mapped-xattr", "mapped-file", "none")
 
 @dataclass(frozen=True)
 class PortSpec:
-    """A guest TCP port forwarded to the instance's loopback address on the host."""
+    """A guest TCP port forwarded to a loopback address on the host.
+
+    Without an address the forward listens on 127.0.0.1, so `localhost:HOST` (what a user
+    types in a browser) reaches it; SSH keeps each instance's own address instead."""
 
     host: int
     guest: int
+    address: str | None = None  # None: DEFAULT_PORT_ADDRESS
 
     @classmethod
     def parse(cls, text: str) -> PortSpec:
-        """'8080:80' (host:guest) or '80' (the same port on both sides)."""
-        match = re.fullmatch(r"(?:(\d{1,5}):)?(\d{1,5})", text.strip())
+        """'[ADDR:]HOST:GUEST' or 'GUEST' (the same port on both sides); ADDR is a
+        loopback address (127.x.x.x, or localhost)."""
+        match = re.fullmatch(r"(?:(?:([^:\s]+):)?(\d{1,5}):)?(\d{1,5})", text.strip())
         if not match:
             raise UsageError(
-                f"invalid port {text!r}", hint="write HOST:GUEST, for example --port 8080:80"
+                f"invalid port {text!r}",
+                hint="write [ADDR:]HOST:GUEST, for example --port 8080:80",
             )
-        guest = int(match.group(2))
-        host = int(match.group(1)) if match.group(1) else guest
+        guest = int(match.group(3))
+        host = int(match.group(2)) if match.group(2) else guest
         for port in (host, guest):
             if not 1 <= port <= 65535:
                 raise UsageError(f"port {port} in {text!r} is out of range (1-65535)")
-        return cls(host=host, guest=guest)
+        return cls(host=host, guest=guest, address=_loopback(match.group(1), text))
+
+    @property
+    def bind_address(self) -> str:
+        return self.address or DEFAULT_PORT_ADDRESS
+
+    def endpoint(self) -> str:
+        """What a user connects to, and where it goes: '127.0.0.1:8080 -> 80'."""
+        return f"{self.bind_address}:{self.host} -> {self.guest}"
 
     def __str__(self) -> str:
-        return f"{self.host}:{self.guest}"
+        prefix = f"{self.address}:" if self.address else ""
+        return f"{prefix}{self.host}:{self.guest}"
+
+
+DEFAULT_PORT_ADDRESS = "127.0.0.1"
+
+
+def _loopback(address: str | None, text: str) -> str | None:
+    if address is None:
+        return None
+    if address == "localhost":
+        return DEFAULT_PORT_ADDRESS
+    try:
+        parsed = ipaddress.IPv4Address(address)
+    except ValueError:
+        parsed = None
+    if parsed is None or not parsed.is_loopback:
+        raise UsageError(
+            f"{address!r} in --port {text!r} is not a loopback address",
+            hint="forwarded ports listen on loopback only: use 127.0.0.1 (or leave ADDR out)",
+        )
+    return str(parsed)
 
 
 @dataclass(frozen=True)

@@ -436,8 +436,9 @@ def merge_replacing(
 
 
 def ports_clash(a: PortSpec, b: PortSpec) -> bool:
-    """The same host port (only one forward can own it) or the same guest port (moved)."""
-    return a.host == b.host or a.guest == b.guest
+    """The same host port and address (only one forward can own it) or the same guest
+    port (moved)."""
+    return (a.host, a.bind_address) == (b.host, b.bind_address) or a.guest == b.guest
 
 
 def mounts_clash(a: MountSpec, b: MountSpec) -> bool:

@@ -94,14 +94,15 @@ def test_instance_lifecycle(cli: CLI, tmp_path: Path, served_image) -> None:  # 
     cli("run", NAME, "--", "sh", "-c", "echo written-in-guest > /mnt/shared/from-guest.txt")
     assert (shared / "from-guest.txt").read_text().strip() == "written-in-guest"
 
-    # a guest service reached through the forwarded port on the instance's loopback address
+    # a guest service reached through the forwarded port, at localhost as a browser would
+    assert status["ports"] == ["127.0.0.1:18080 -> 8000"]
     cli("run", NAME, "--", "sh", "-c",
         "mkdir -p /tmp/www && echo served-by-guest > /tmp/www/index.html && "
         "cd /tmp/www && (setsid nohup python3 -m http.server 8000 >/dev/null 2>&1 &)")  # fmt: skip
     body = ""
     for _ in range(60):
         try:
-            with urllib.request.urlopen(f"http://{host_ip}:18080/index.html", timeout=5) as reply:  # noqa: S310 - loopback
+            with urllib.request.urlopen("http://localhost:18080/index.html", timeout=5) as reply:  # noqa: S310 - loopback
                 body = reply.read().decode()
                 break
         except OSError:

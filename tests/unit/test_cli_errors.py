@@ -77,18 +77,29 @@ def test_mount_source_missing(tmp_path: Path) -> None:
     _no_instances()
 
 
-@pytest.mark.parametrize("spec", ["abc", "1:2:3", "99999:80"])
+@pytest.mark.parametrize("spec", ["abc", "1:2:3", "99999:80", "a:b:c:d"])
 def test_bad_port_spec(spec: str) -> None:
     _one_line_error(ccloudvm("create", "debian", "--name", "x", "--port", spec), 2, "port")
 
 
-def test_port_already_taken() -> None:
+@pytest.mark.parametrize("address", ["0.0.0.0", "192.168.1.5", "example.com"])
+def test_a_port_on_a_non_loopback_address_is_refused(address: str) -> None:
+    result = ccloudvm("create", "debian", "--name", "x", "--port", f"{address}:8080:80")
+    _one_line_error(result, 2, "not a loopback address", "127.0.0.1")
+    _no_instances()
+
+
+@pytest.mark.parametrize(
+    ("bind", "spec"),
+    [("127.0.0.1", "{port}:80"), ("127.0.0.7", "127.0.0.7:{port}:80")],
+)
+def test_port_already_taken(bind: str, spec: str) -> None:
     with socket.socket() as busy:
-        busy.bind(("127.77.0.2", 0))  # the address the first instance gets
+        busy.bind((bind, 0))  # without ADDR a forward listens on 127.0.0.1 (localhost)
         busy.listen()
         port = busy.getsockname()[1]
-        result = ccloudvm("create", "debian", "--name", "x", "--port", f"{port}:80")
-    _one_line_error(result, 2, f"port {port}", "already in use")
+        result = ccloudvm("create", "debian", "--name", "x", "--port", spec.format(port=port))
+    _one_line_error(result, 2, f"port {port} on {bind}", "already in use", "--port ")
     _no_instances()
 
 

@@ -22,11 +22,12 @@ def _option(argv: list[str], flag: str) -> list[str]:
     return [argv[i + 1] for i, a in enumerate(argv) if a == flag]
 
 
-def test_ports_forward_on_the_instance_loopback_address_only() -> None:
-    argv = command_line("qemu", _config(ports=(PortSpec(8080, 80),)))
-    netdev = _option(argv, "-netdev")[0]
+def test_ports_forward_on_loopback_only_ssh_on_the_instance_address() -> None:
+    ports = (PortSpec(8080, 80), PortSpec(9090, 90, "127.0.0.5"))
+    netdev = _option(command_line("qemu", _config(ports=ports)), "-netdev")[0]
     assert "hostfwd=tcp:127.77.0.2:10022-:22" in netdev
-    assert "hostfwd=tcp:127.77.0.2:8080-:80" in netdev
+    assert "hostfwd=tcp:127.0.0.1:8080-:80" in netdev  # what localhost:8080 reaches
+    assert "hostfwd=tcp:127.0.0.5:9090-:90" in netdev
     assert "0.0.0.0" not in netdev and "hostfwd=tcp::" not in netdev
 
 
