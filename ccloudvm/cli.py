@@ -82,10 +82,14 @@ def cli(debug: bool) -> None:
 @click.option(
     "--mem",
     type=int,
-    help="Memory in MiB. Default: the workload's, else half the host's (1-8 GiB).",
+    help="Memory in MiB. Default: the workload's, else half the host's (1-8 GiB) under "
+    "KVM, up to 2 GiB under TCG.",
 )
 @click.option(
-    "--cpus", type=int, help="vCPUs. Default: the workload's, else half the host's (1-8)."
+    "--cpus",
+    type=int,
+    help="vCPUs. Default: the workload's, else half the host's (1-8) under KVM, every host "
+    "CPU up to 4 under TCG.",
 )
 @click.option("--disk", type=int, help="Disk size in GiB. Default: the workload's, else 20.")
 @click.option(

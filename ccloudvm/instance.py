@@ -74,10 +74,11 @@ class CreateRequest:
 # ---------------------------------------------------------------- validation
 
 
-def _check_sizes(req: CreateRequest) -> tuple[int, int, int]:
+def _check_sizes(req: CreateRequest, kvm: bool = True) -> tuple[int, int, int]:
+    """The sizes asked for, else the defaults for how the VM will run (`kvm` or TCG)."""
     host = host_resources()
-    mem = req.mem_mib if req.mem_mib is not None else host.default_mem_mib()
-    cpus = req.cpus if req.cpus is not None else host.default_cpus()
+    mem = req.mem_mib if req.mem_mib is not None else host.default_mem_mib(kvm)
+    cpus = req.cpus if req.cpus is not None else host.default_cpus(kvm)
     disk = req.disk_gib if req.disk_gib is not None else DEFAULT_DISK_GIB
     if not MIN_MEM_MIB <= mem <= host.mem_mib:
         raise UsageError(
@@ -216,10 +217,14 @@ def _machine(
     )
 
 
+_warned_tcg: list[bool] = []
+
+
 def _acceleration(state: StateDir, inst: InstanceState) -> accel.Acceleration:
     kernel = Path(inst.image.kernel) if inst.image.kernel else None
     acc = accel.detect(mode=inst.accel_mode, run_dir=state.run, probe_kernel=kernel)
-    if not acc.is_kvm and inst.accel_mode == "auto":
+    if not acc.is_kvm and inst.accel_mode == "auto" and not _warned_tcg:
+        _warned_tcg.append(True)  # once per command, however many machines it starts
         ui.warn(
             f"KVM is not usable ({acc.reason}); using software emulation (TCG), which is slower"
         )
@@ -328,6 +333,10 @@ def create(state: StateDir, req: CreateRequest) -> InstanceState:
     require_tool("qemu-system-x86_64")
     require_tool("qemu-img")
     base = images.ensure_image(state, req.image)
+    if req.mem_mib is None or req.cpus is None:
+        # Default sizes depend on the accelerator (cached per host boot; no extra probe).
+        acc = accel.detect(mode=req.accel_mode, run_dir=state.run, probe_kernel=base.kernel)
+        mem, cpus, disk = _check_sizes(req, kvm=acc.is_kvm)
     if disk < _disk_virtual_size_gib(base.disk):
         raise UsageError(
             f"--disk {disk} GiB is smaller than the image {req.image} ({_disk_virtual_size_gib(base.disk):.1f} GiB)"

@@ -74,3 +74,21 @@ def test_a_root_host_user_gets_an_ordinary_guest_user_not_root() -> None:
     assert user.is_root
     assert (user.guest_name, user.guest_uid, user.guest_gid) == ("ccloudvm", 1000, 1000)
     assert user.guest_home == "/home/ccloudvm"
+
+
+@pytest.mark.parametrize(
+    ("cpus", "mem_kib", "default_cpus", "default_mem"),
+    [
+        (2, 24684084, 2, 2048),  # this machine under TCG: both cores, 2 GiB
+        (1, 4 * 1024 * 1024, 1, 2048),
+        (8, 16 * 1024 * 1024, 4, 2048),  # the TCG caps
+        (4, 1536 * 1024, 4, 1024),  # the 1 GiB floor
+        (2, 768 * 1024, 2, 768),  # never more than the host has
+    ],
+)  # fmt: skip
+def test_under_tcg_a_vm_gets_the_host_cpus_up_to_4_and_at_most_2_gib(
+    tmp_path: Path, cpus: int, mem_kib: int, default_cpus: int, default_mem: int
+) -> None:
+    host = host_resources(cpus=cpus, meminfo=_meminfo(tmp_path, mem_kib))
+    assert host.default_cpus(kvm=False) == default_cpus
+    assert host.default_mem_mib(kvm=False) == default_mem
