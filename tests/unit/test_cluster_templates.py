@@ -277,7 +277,7 @@ def test_ciao_names_and_addresses() -> None:
     )
     verify = render("cluster/ciao/verify.sh.j2")
     for needle in (
-        '--instances=2',
+        "--instances=2",
         'check "launch 2 VMs"',
         'check "launch 2 containers"',
         'check "the VM answers SSH"',
