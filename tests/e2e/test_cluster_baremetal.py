@@ -188,11 +188,11 @@ def test_isolated_cycle_leaves_host_untouched(
     cleanup = run_baremetal(name, scripts, "cleanup", state=state, network=network)
     elapsed = time.monotonic() - start
     assert verify.ok, verify.failed
-    assert len(verify.passed) == 7 and verify.failed == []
+    assert len(verify.passed) == 9 and verify.failed == []
     assert cleanup.ok
 
     out = capsys.readouterr().out
-    assert "7 passed, 0 failed" in out
+    assert "9 passed, 0 failed" in out
     _wait_processes_gone(before["processes"])
     assert host_snapshot() == before
     assert not BareMetalCluster(name, state).dir.exists()
@@ -597,7 +597,7 @@ def test_the_cli_cycle_on_the_test_cluster(tmp_path: Path) -> None:
         )
         verify = ccloudvm("verify")
         assert verify.returncode == 0, verify.stderr
-        assert verify.stdout.splitlines()[-1] == "7 passed, 0 failed"
+        assert verify.stdout.splitlines()[-1] == "9 passed, 0 failed"
         assert f"the service in {name}-t1 answers {name}-t2 ... OK" in verify.stderr
         cleanup = ccloudvm("cleanup")
         assert cleanup.returncode == 0, cleanup.stderr

@@ -88,7 +88,7 @@ def test_cluster_in_a_vm(cli: CLI, tmp_path: Path) -> None:
     assert "FAIL" not in setup_again.err
     assert _snapshot(cli) == up
     verified = timed("verify")
-    assert re.search(r"^7 passed, 0 failed$", verified, re.M), verified
+    assert re.search(r"^9 passed, 0 failed$", verified, re.M), verified
     env = cli("cluster", "env", NAME).out
     assert f"export CLUSTER_NAME='{NAME}'" in env
     assert "export CLUSTER_GATEWAY='198.51.100.1'" in env

@@ -137,8 +137,8 @@ def test_network_overrides() -> None:
     )
     env = net.as_env()
     assert env["CLUSTER_SUBNET"] == "10.9.0.0/16" and env["CLUSTER_PREFIX"] == "16"
-    assert env["CLUSTER_DNS_PORT"] == "0"
-    assert ClusterNetwork.from_mapping({"dns": True}).as_env()["CLUSTER_DNS_PORT"] == "53"
+    assert env["CLUSTER_DNS_PORT"] == "53"  # DNS on by default, as ciao's singlevm had it
+    assert ClusterNetwork.from_mapping({"dns": False}).as_env()["CLUSTER_DNS_PORT"] == "0"
 
 
 @pytest.mark.parametrize(
