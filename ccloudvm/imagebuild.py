@@ -6,6 +6,14 @@ written into it; mkfs.ext4 -d turns the tree into a file system with no partitio
 and initrd are copied out for direct kernel boot, so no boot loader is needed. The
 initrd carries only the modules the recipe names, which keeps boot fast.
 
+No root is needed and no loop device is mounted. An ordinary user builds inside a user
+namespace (`unshare --map-auto --map-root-user`): root there is the user, and uids 1-65535
+there are the user's subordinate ids from /etc/subuid. So mmdebstrap (its unshare mode),
+chroot and mkfs.ext4 -d see the tree's true owners, the files root owns in the tree (all
+but a few group ids) belong to the user on the host, every file written outside the tree
+belongs to the user, and the tree is removed from inside the namespace too. Nothing owned
+by another uid stays behind. Root builds directly (mmdebstrap's root mode).
+
 Every program is started through ccloudvm.proc with an argv list; recipe values never
 reach a shell.
 """
@@ -13,16 +21,17 @@ reach a shell.
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ccloudvm import diskspace, proc, ui
-from ccloudvm.errors import CcloudvmError
+from ccloudvm.errors import CcloudvmError, ToolMissingError
 
 # Part of every build recipe's cache key: bump it when the builder's output changes.
 RECIPE_FORMAT = 1
@@ -39,6 +48,13 @@ MMDEBSTRAP_TIMEOUT = 3600.0
 BUILD_NEEDS_BYTES = 2 << 30
 SETUP_TREE = "setup"  # relative to the work directory: mmdebstrap's cwd
 ROOT_TREE = "root"
+
+# Rootless builds: the namespace maps uid 0 to the user and 1-65535 to the first range of
+# the user's subordinate ids, which must cover Debian's system ids (nobody is 65534).
+SUBUID_FILE = Path("/etc/subuid")
+SUBGID_FILE = Path("/etc/subgid")
+SUBIDS_NEEDED = 65536
+USERNS_TOOLS = {"unshare": "util-linux", "newuidmap": "uidmap", "newgidmap": "uidmap"}
 
 
 @dataclass(frozen=True)
@@ -130,27 +146,32 @@ def build_image(recipe: BuildRecipe, out_dir: Path, *, name: str = "image") -> N
     The large intermediate files (the root tree, the raw disk) live in a work
     directory inside `out_dir` that is removed at the end, whatever happens.
     """
-    if os.geteuid() != 0:
-        raise CcloudvmError(
-            f"building image {name} locally needs root (mmdebstrap, file ownership)",
-            hint="local image builds need root (sudo) for now: run the command with sudo -E",
-        )
     for tool in ("mmdebstrap", "mkfs.ext4", "qemu-img", "chroot"):
         proc.require_tool(tool)
+    if rootless():
+        check_rootless(name)
     diskspace.check_free_space(out_dir, BUILD_NEEDS_BYTES)
     work = Path(tempfile.mkdtemp(prefix=".work-", dir=out_dir))
     try:
         with diskspace.reporting_full_disk(out_dir, BUILD_NEEDS_BYTES):
             _build_in(recipe, work, out_dir)
-    finally:
-        remove_tree(work)
+    except BaseException:
+        try:
+            remove_tree(work)
+        except CcloudvmError as exc:  # never hide the error that got us here
+            ui.warn(str(exc))
+        raise
+    remove_tree(work)
 
 
 def _build_in(recipe: BuildRecipe, work: Path, out_dir: Path) -> None:
     root = work / ROOT_TREE
     _write_setup_tree(recipe, work / SETUP_TREE)
-    with ui.step(f"Installing {recipe.suite} packages with mmdebstrap"):
-        proc.run(mmdebstrap_argv(recipe), cwd=work, timeout=MMDEBSTRAP_TIMEOUT)
+    how = " in a user namespace (no root)" if rootless() else ""
+    with ui.step(f"Installing {recipe.suite} packages with mmdebstrap{how}"):
+        argv = mmdebstrap_argv(recipe, rootless=rootless())
+        argv[0] = proc.require_tool(argv[0])
+        proc.run(as_namespace_root(argv), cwd=work, timeout=MMDEBSTRAP_TIMEOUT)
     with ui.step("Configuring the root file system"):
         configure_root(recipe, root)
         kernel, initrd = find_boot_files(root)
@@ -160,16 +181,23 @@ def _build_in(recipe: BuildRecipe, work: Path, out_dir: Path) -> None:
     with ui.step(f"Creating a {recipe.size_gib} GiB ext4 file system"):
         with raw.open("wb") as handle:
             handle.truncate(recipe.size_gib << 30)  # sparse
-        proc.run(["mkfs.ext4", "-q", "-F", "-L", "rootfs", "-d", root, raw])
+        mkfs = proc.require_tool("mkfs.ext4")
+        # In the namespace, mkfs reads the tree's true owners (0, 42, ...), not the host's.
+        proc.run(as_namespace_root([mkfs, "-q", "-F", "-L", "rootfs", "-d", root, raw]))
     with ui.step("Compressing the disk to qcow2"):
+        remove_tree(root)  # before the qcow2 is written: less disk at the peak
         proc.run(["qemu-img", "convert", "-c", "-O", "qcow2", raw, out_dir / "disk.qcow2"])
 
 
-def mmdebstrap_argv(recipe: BuildRecipe) -> list[str]:
-    """The mmdebstrap command, run with the work directory as cwd (hook paths are relative)."""
+def mmdebstrap_argv(recipe: BuildRecipe, *, rootless: bool = False) -> list[str]:
+    """The mmdebstrap command, run with the work directory as cwd (hook paths are relative).
+
+    Rootless, it runs as root of the build's user namespace (as_namespace_root), where
+    mmdebstrap's unshare mode only adds the mount and pid namespaces it needs.
+    """
     argv = [
         "mmdebstrap",
-        "--mode=root",
+        "--mode=unshare" if rootless else "--mode=root",
         "--variant=apt",
         "--include=" + ",".join(recipe.packages),
         # Before any package is installed, so the kernel's initrd is built small at once.
@@ -180,6 +208,72 @@ def mmdebstrap_argv(recipe: BuildRecipe) -> list[str]:
     if recipe.mirror:
         argv.append(recipe.mirror)
     return argv
+
+
+def rootless() -> bool:
+    return os.geteuid() != 0
+
+
+def as_namespace_root(argv: Sequence[str | Path]) -> list[str | Path]:
+    """`argv` run as root of a user namespace whose root is the calling user and whose uids
+    1-65535 are the user's subordinate ids; unchanged when we are root already.
+
+    Programs inside get the PATH as it is: give them as full paths (sbin may be missing).
+    """
+    if not rootless():
+        return list(argv)
+    return ["unshare", "--user", "--map-auto", "--map-root-user", "--", *argv]
+
+
+def check_rootless(name: str = "image") -> None:
+    """Raise, with the fix, when this user cannot build in a user namespace."""
+    for tool, package in USERNS_TOOLS.items():
+        if proc.find_program(tool) is None:
+            raise ToolMissingError(
+                f"building image {name} without root needs {tool}, which is not installed",
+                hint=f"run 'ccloudvm setup' or 'sudo apt-get install {package}'",
+            )
+    problem = subid_problem()
+    if problem is not None:
+        message, hint = problem
+        raise CcloudvmError(f"building image {name} without root: {message}", hint=hint)
+
+
+def subid_problem(uid: int | None = None) -> tuple[str, str] | None:
+    """(what is wrong, how to fix it) when the user lacks the subordinate ids a rootless
+    build maps, else None. Like unshare --map-auto: the user's first range in each file."""
+    uid = os.getuid() if uid is None else uid
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = str(uid)
+    for path, kind in ((SUBUID_FILE, "uids"), (SUBGID_FILE, "gids")):
+        ranges = _subid_ranges(path)
+        mine = [(start, count) for owner, start, count in ranges if owner in (user, str(uid))]
+        if mine and mine[0][1] >= SUBIDS_NEEDED:
+            continue
+        # After every range in use, as useradd picks them.
+        first = max([start + count for _, start, count in ranges] + [100000])
+        span = f"{first}-{first + SUBIDS_NEEDED - 1}"
+        found = f"only {mine[0][1]}" if mine else "none"
+        return (
+            f"{path} gives {user} no range of {SUBIDS_NEEDED} subordinate {kind} ({found})",
+            f"add one: sudo usermod --add-subuids {span} --add-subgids {span} {user}",
+        )
+    return None
+
+
+def _subid_ranges(path: Path) -> list[tuple[str, int, int]]:
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    ranges = []
+    for line in lines:
+        fields = line.strip().split(":")
+        if len(fields) == 3 and fields[1].isdigit() and fields[2].isdigit():
+            ranges.append((fields[0], int(fields[1]), int(fields[2])))
+    return ranges
 
 
 def _write_setup_tree(recipe: BuildRecipe, tree: Path) -> None:
@@ -205,10 +299,11 @@ def configure_root(recipe: BuildRecipe, root: Path) -> None:
     write_guest_file(root, "/etc/fstab", "/dev/vda / ext4 defaults 0 1\n")
     for path, text in recipe.files.items():
         write_guest_file(root, path, text)
+    chroot = proc.require_tool("chroot")
     for unit in recipe.services:
-        proc.run(["chroot", root, "systemctl", "enable", unit])
+        proc.run(as_namespace_root([chroot, root, "systemctl", "enable", unit]))
     for unit in recipe.masked:
-        proc.run(["chroot", root, "systemctl", "mask", unit])
+        proc.run(as_namespace_root([chroot, root, "systemctl", "mask", unit]))
     # Each VM must get its own SSH host keys (cloud-init makes them on first boot).
     for key in (root / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
@@ -250,8 +345,12 @@ def _version_key(name: str) -> list[int]:
 
 
 def remove_tree(path: Path) -> None:
-    """rmtree, but never into a file system still mounted below `path` (chroot /proc, /dev)."""
-    if not path.exists():
+    """rmtree, but never into a file system still mounted below `path` (chroot /proc, /dev).
+
+    What a rootless build's namespace made (files of its subordinate ids, in folders the
+    user may not write) is removed from inside such a namespace. Raises if anything is left.
+    """
+    if not path.exists() and not path.is_symlink():
         return
     prefix = str(path.resolve()) + "/"
     mounted = [m for m in _mount_points() if m.startswith(prefix)]
@@ -261,6 +360,37 @@ def remove_tree(path: Path) -> None:
             hint=f"unmount it (umount -R {mounted[0]}) and remove {path} by hand",
         )
     shutil.rmtree(path, ignore_errors=True)
+    if path.is_dir() and not path.is_symlink() and rootless():
+        rm = proc.require_tool("rm")
+        proc.run(as_namespace_root([rm, "-rf", "--one-file-system", "--", path]), check=False)
+    if path.exists() or path.is_symlink():
+        blocker = removal_blocker(path) or path
+        raise CcloudvmError(
+            f"cannot remove all of {path}: {blocker} is not ours to delete",
+            hint=f"remove it by hand: sudo rm -rf {path}",
+        )
+
+
+def removal_blocker(path: Path) -> Path | None:
+    """The first folder, `path`'s parent or one inside it, whose entries this process may
+    not delete (or list), or None when all of `path` can be removed."""
+
+    def blocked(folder: Path, mode: int = os.R_OK | os.W_OK | os.X_OK) -> bool:
+        return not os.access(folder, mode)
+
+    if blocked(path.parent, os.W_OK | os.X_OK):
+        return path.parent
+    pending = [path] if path.is_dir() and not path.is_symlink() else []
+    while pending:
+        folder = pending.pop()
+        if blocked(folder):
+            return folder
+        try:
+            with os.scandir(folder) as entries:
+                pending.extend(Path(e.path) for e in entries if e.is_dir(follow_symlinks=False))
+        except OSError:
+            return folder
+    return None
 
 
 def _mount_points() -> list[str]:

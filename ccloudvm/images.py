@@ -286,10 +286,48 @@ def cached_images(state: StateDir, broken: list[str] | None = None) -> list[Base
 
 def remove_image(image: BaseImage) -> None:
     """Delete one cached image and its warm-boot snapshots (instances made from it need
-    it: check before calling)."""
-    warm = image.directory.parent.parent / "warm" / image.directory.name
-    shutil.rmtree(warm, ignore_errors=True)
-    shutil.rmtree(image.directory)
+    it: check before calling).
+
+    All or nothing: when any file of either cannot be deleted (an earlier run as root left
+    it, say), nothing is touched. Otherwise both are renamed aside into <cache>/tmp (one
+    rename each, undone if the second fails), so the image is gone at once, then deleted.
+    """
+    cache = image.directory.parent.parent
+    warm = cache / "warm" / image.directory.name
+    targets = [p for p in (image.directory, warm) if p.exists() or p.is_symlink()]
+    for target in targets:
+        blocker = imagebuild.removal_blocker(target)
+        if blocker is not None:
+            try:
+                owner = f"uid {blocker.stat().st_uid}"
+            except OSError:
+                owner = "another user"
+            raise CcloudvmError(
+                f"cannot remove image {image.name}: {blocker} belongs to {owner} and this "
+                "process may not delete what is in it; nothing was removed",
+                hint=f"give it back (sudo chown -R {os.getuid()}:{os.getgid()} {cache}) "
+                "or delete it as root (sudo rm -rf " + " ".join(map(str, targets)) + ")",
+            )
+    trash = cache / "tmp"
+    trash.mkdir(parents=True, exist_ok=True)
+    moved: list[tuple[Path, Path]] = []
+    try:
+        for target in targets:
+            # The "image-" prefix: a removal cut short is cleaned up like a stale build.
+            aside = Path(tempfile.mkdtemp(prefix=f"image-rm-{image.name}-", dir=trash))
+            moved.append((target, aside))
+            os.rename(target, aside / target.parent.name)
+    except OSError as exc:
+        for target, aside in reversed(moved):
+            with contextlib.suppress(OSError):
+                os.rename(aside / target.parent.name, target)
+            with contextlib.suppress(OSError):
+                aside.rmdir()
+        raise CcloudvmError(
+            f"cannot remove image {image.name}: {exc}; nothing was removed"
+        ) from exc
+    for _target, aside in moved:
+        imagebuild.remove_tree(aside)
 
 
 def save_image(

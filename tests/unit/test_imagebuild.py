@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
-from ccloudvm import imagebuild, proc
+from ccloudvm import diskspace, imagebuild, images, proc
 from ccloudvm.errors import CcloudvmError
 from ccloudvm.imagebuild import BuildRecipe
 
@@ -27,6 +28,8 @@ def test_mmdebstrap_argv_is_a_plain_list() -> None:
     assert "--include=linux-image-amd64,cloud-init,openssh-server" in argv
     assert "--setup-hook=sync-in setup /" in argv
     assert argv[-3:] == ["bookworm", "root", "http://deb.debian.org/debian"]
+    rootless = imagebuild.mmdebstrap_argv(BuildRecipe.from_mapping(RECIPE), rootless=True)
+    assert rootless[:2] == ["mmdebstrap", "--mode=unshare"] and rootless[2:] == argv[2:]
 
 
 @pytest.mark.parametrize(
@@ -66,6 +69,8 @@ def test_configure_root_writes_files_and_drops_host_keys(
     (root / "etc/machine-id").write_text("0123456789abcdef\n")
     enabled: list[list[str]] = []
     monkeypatch.setattr(proc, "run", lambda argv, **_: enabled.append(list(map(str, argv))))
+    monkeypatch.setattr(proc, "require_tool", lambda name: f"/usr/sbin/{name}")
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
     imagebuild.configure_root(BuildRecipe.from_mapping(RECIPE), root)
     assert (root / "etc/fstab").read_text() == "/dev/vda / ext4 defaults 0 1\n"
     cfg = root / "etc/cloud/cloud.cfg.d/90-ccloudvm.cfg"
@@ -74,7 +79,9 @@ def test_configure_root_writes_files_and_drops_host_keys(
     assert not (root / "etc/ssh/ssh_host_ed25519_key").exists()
     assert (root / "etc/ssh/sshd_config").read_text() == "keep"
     assert (root / "etc/machine-id").read_text() == ""
-    assert enabled == [["chroot", str(root), "systemctl", "enable", "systemd-networkd.service"]]
+    assert enabled == [
+        ["/usr/sbin/chroot", str(root), "systemctl", "enable", "systemd-networkd.service"]
+    ]
 
 
 def test_guest_files_never_leave_the_tree(tmp_path: Path) -> None:
@@ -106,12 +113,174 @@ def test_newest_kernel_and_its_initrd_are_picked(tmp_path: Path) -> None:
         imagebuild.find_boot_files(tmp_path)
 
 
-def test_building_needs_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+USERNS = ["unshare", "--user", "--map-auto", "--map-root-user", "--"]
+
+
+class FakeHost:
+    """The outside world of a build: programs recorded, mmdebstrap making a small tree."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, uid: int, subids: Path) -> None:
+        self.calls: list[list[str]] = []
+        monkeypatch.setattr(os, "geteuid", lambda: uid)
+        monkeypatch.setattr(os, "getuid", lambda: uid)
+        monkeypatch.setattr(proc, "find_program", lambda name: f"/usr/bin/{name}")
+        monkeypatch.setattr(proc, "require_tool", lambda name: f"/usr/bin/{Path(name).name}")
+        monkeypatch.setattr(proc, "run", self.run)
+        monkeypatch.setattr(diskspace, "check_free_space", lambda *_: None)
+        for name in ("subuid", "subgid"):
+            (subids / name).write_text(f"someone:100000:65536\n{uid}:165536:65536\n")
+        monkeypatch.setattr(imagebuild, "SUBUID_FILE", subids / "subuid")
+        monkeypatch.setattr(imagebuild, "SUBGID_FILE", subids / "subgid")
+
+    def run(self, argv: list[object], cwd: Path | None = None, **_: object) -> None:
+        args = [str(a) for a in argv]
+        self.calls.append(args)
+        program = args[len(USERNS)] if args[: len(USERNS)] == USERNS else args[0]
+        if program.endswith("mmdebstrap"):
+            assert cwd is not None
+            root = cwd / args[-2]
+            (root / "boot").mkdir(parents=True)
+            (root / "boot/vmlinuz-6.1.0-50-amd64").write_text("kernel")
+            (root / "boot/initrd.img-6.1.0-50-amd64").write_text("initrd")
+        elif program.endswith("qemu-img"):
+            Path(args[-1]).write_text("qcow2")
+
+    def programs(self) -> list[str]:
+        """Each call's program, with 'userns ' in front when it ran in the namespace."""
+        return [
+            "userns " + Path(a[len(USERNS)]).name if a[: len(USERNS)] == USERNS else Path(a[0]).name
+            for a in self.calls
+        ]
+
+
+def test_a_user_builds_in_a_user_namespace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    host = FakeHost(monkeypatch, 1000, tmp_path)
+    imagebuild.build_image(BuildRecipe.from_mapping(RECIPE), out, name="debian-12")
+    # mmdebstrap, chroot and mkfs run as the namespace's root; the tree is gone (rmtree
+    # could delete it here, so no rm in the namespace was needed).
+    assert host.programs() == [
+        "userns mmdebstrap", "userns chroot", "userns mkfs.ext4", "qemu-img",
+    ]  # fmt: skip
+    mmdebstrap = host.calls[0][len(USERNS) :]
+    assert mmdebstrap[:2] == ["/usr/bin/mmdebstrap", "--mode=unshare"]
+    mkfs = host.calls[2][len(USERNS) :]
+    assert mkfs[0] == "/usr/bin/mkfs.ext4" and mkfs[-3] == "-d"
+    assert mkfs[-2].endswith("/root") and mkfs[-1].endswith("/disk.raw")
+    assert not list(out.glob(".work-*"))
+    assert sorted(p.name for p in out.iterdir()) == ["disk.qcow2", "initrd.img", "vmlinuz"]
+
+
+def test_root_builds_without_a_namespace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    host = FakeHost(monkeypatch, 0, tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    imagebuild.build_image(BuildRecipe.from_mapping(RECIPE), out, name="debian-12")
+    assert host.programs() == ["mmdebstrap", "chroot", "mkfs.ext4", "qemu-img"]
+    assert host.calls[0][1] == "--mode=root"
+
+
+def test_a_user_without_subordinate_ids_is_told_how_to_add_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host = FakeHost(monkeypatch, 1000, tmp_path)
+    (tmp_path / "subgid").write_text("someone:100000:65536\n1000:165536:1000\n")
+    out = tmp_path / "out"
+    out.mkdir()
     with pytest.raises(CcloudvmError) as refused:
-        imagebuild.build_image(BuildRecipe.from_mapping(RECIPE), tmp_path, name="debian-12")
-    assert "need" in str(refused.value) and "root (sudo)" in str(refused.value)
-    assert list(tmp_path.iterdir()) == []
+        imagebuild.build_image(BuildRecipe.from_mapping(RECIPE), out, name="debian-12")
+    message = str(refused.value)
+    assert "without root" in message and "subordinate gids (only 1000)" in message
+    assert "sudo usermod --add-subuids 166536-232071 --add-subgids 166536-232071" in message
+    assert host.calls == [] and list(out.iterdir()) == []
+
+
+def test_a_user_without_newuidmap_is_told_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    FakeHost(monkeypatch, 1000, tmp_path)
+    monkeypatch.setattr(proc, "find_program", lambda name: None if "map" in name else name)
+    with pytest.raises(CcloudvmError, match="apt-get install uidmap"):
+        imagebuild.check_rootless("debian-12")
+
+
+def test_subid_ranges_may_name_the_user_or_the_uid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("subuid", "subgid"):
+        (tmp_path / name).write_text("# comment\nroot:100000:65536\n")
+    monkeypatch.setattr(imagebuild, "SUBUID_FILE", tmp_path / "subuid")
+    monkeypatch.setattr(imagebuild, "SUBGID_FILE", tmp_path / "subgid")
+    assert imagebuild.subid_problem(0) is None  # by name (root is uid 0 everywhere)
+    problem = imagebuild.subid_problem(54321)
+    assert problem is not None and "(none)" in problem[0] and "165536-231071" in problem[1]
+    (tmp_path / "subuid").write_text("54321:200000:65536\n")
+    (tmp_path / "subgid").write_text("54321:200000:65536\n")
+    assert imagebuild.subid_problem(54321) is None
+
+
+def test_a_failed_build_removes_its_work_and_keeps_its_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host = FakeHost(monkeypatch, 1000, tmp_path)
+
+    def failing(argv: list[object], **kwargs: object) -> None:
+        host.run(argv, **kwargs)  # type: ignore[arg-type]
+        if str(argv[-1]).endswith(".raw"):
+            raise CcloudvmError("mkfs.ext4 failed")
+
+    monkeypatch.setattr(proc, "run", failing)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(CcloudvmError, match="mkfs.ext4 failed"):
+        imagebuild.build_image(BuildRecipe.from_mapping(RECIPE), out, name="debian-12")
+    assert not list(out.glob(".work-*"))
+
+
+def test_rootless_remove_tree_deletes_the_rest_in_the_namespace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What rmtree leaves (files of subordinate ids) goes with rm -rf in the namespace."""
+    tree = tmp_path / "work"
+    (tree / "root/var/cache/man").mkdir(parents=True)
+    real_rmtree = shutil.rmtree
+    calls: list[list[str]] = []
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(proc, "require_tool", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(shutil, "rmtree", lambda *_a, **_k: None)  # "denied"
+
+    def run(argv: list[object], **_: object) -> None:
+        calls.append([str(a) for a in argv])
+        real_rmtree(tree)
+
+    monkeypatch.setattr(proc, "run", run)
+    imagebuild.remove_tree(tree)
+    assert calls == [[*USERNS, "/usr/bin/rm", "-rf", "--one-file-system", "--", str(tree)]]
+    assert not tree.exists()
+    # Still there afterwards: said, with the fix.
+    (tree / "x").mkdir(parents=True)
+    monkeypatch.setattr(proc, "run", lambda *_a, **_k: None)
+    with pytest.raises(CcloudvmError, match="cannot remove all of"):
+        imagebuild.remove_tree(tree)
+
+
+def test_removal_blocker_finds_a_folder_we_may_not_empty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tree = tmp_path / "image"
+    (tree / "sub/deeper").mkdir(parents=True)
+    (tree / "sub/deeper/vmlinuz").write_text("k")
+    (tree / "link").symlink_to("/")  # never followed
+    assert imagebuild.removal_blocker(tree) is None
+    denied = {str(tree / "sub/deeper")}
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda path, mode: str(path) not in denied and real_access(path, mode)
+    )
+    assert imagebuild.removal_blocker(tree) == tree / "sub/deeper"
+    denied = {str(tmp_path)}
+    assert imagebuild.removal_blocker(tree) == tmp_path
 
 
 def test_remove_tree_refuses_mounted_trees(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -129,3 +298,71 @@ def test_remove_tree_refuses_mounted_trees(tmp_path: Path, monkeypatch: pytest.M
 
 def test_mountinfo_escapes_are_decoded() -> None:
     assert imagebuild._unescape(r"/var/tmp/with\040space") == "/var/tmp/with space"
+
+
+# images.remove_image (its all-or-nothing removal uses removal_blocker and remove_tree).
+
+
+def _cached_image(cache: Path) -> images.BaseImage:
+    directory = cache / "images/debian-12-0123456789abcdef"
+    (directory).mkdir(parents=True)
+    for name in ("disk.qcow2", "vmlinuz", "initrd.img", "image.json"):
+        (directory / name).write_text(name)
+    warm = cache / "warm" / directory.name / "2x1024"
+    warm.mkdir(parents=True)
+    (warm / "state.qcow2").write_text("snapshot")
+    return images.BaseImage(
+        name="debian-12",
+        key="0123456789abcdef",
+        directory=directory,
+        disk=directory / "disk.qcow2",
+        kernel=directory / "vmlinuz",
+        initrd=directory / "initrd.img",
+        cmdline=None,
+        kind="built",
+    )
+
+
+def test_remove_image_removes_the_image_and_its_snapshots(tmp_path: Path) -> None:
+    image = _cached_image(tmp_path)
+    images.remove_image(image)
+    assert not image.directory.exists()
+    assert not (tmp_path / "warm" / image.directory.name).exists()
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_remove_image_touches_nothing_when_a_file_cannot_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As after `sudo ccloudvm image build`: the image folder is not the user's."""
+    image = _cached_image(tmp_path)
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda path, mode: Path(path) != image.directory and real_access(path, mode)
+    )
+    with pytest.raises(CcloudvmError) as refused:
+        images.remove_image(image)
+    assert "nothing was removed" in str(refused.value) and "sudo" in str(refused.value)
+    assert (tmp_path / "warm" / image.directory.name / "2x1024/state.qcow2").exists()
+    assert (image.directory / "vmlinuz").exists()
+
+
+def test_remove_image_undoes_the_first_rename_when_the_second_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image = _cached_image(tmp_path)
+    real_rename = os.rename
+    renames: list[str] = []
+
+    def rename(src: Path, dst: Path) -> None:
+        renames.append(str(src))
+        if len(renames) == 2:
+            raise OSError(16, "Device or resource busy")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(CcloudvmError, match="busy; nothing was removed"):
+        images.remove_image(image)
+    assert (image.directory / "vmlinuz").exists()
+    assert (tmp_path / "warm" / image.directory.name / "2x1024/state.qcow2").exists()
+    assert list((tmp_path / "tmp").iterdir()) == []
