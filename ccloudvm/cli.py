@@ -282,7 +282,7 @@ def status(name: str | None, as_json: bool) -> None:
     for key, value in data.items():
         if isinstance(value, list):
             value = ", ".join(value) or "-"
-        ui.out.print(f"{key:10} {value if value is not None else '-'}")
+        ui.out.print(f"{key:10} {value if value is not None else '-'}", markup=False)
     if data["state"] == "crashed":
         ui.warn(
             f"QEMU is gone although nobody stopped it; 'ccloudvm start {data['name']}' boots it again"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import click
+from rich.markup import escape
 
 from ccloudvm import ui, workflow
 from ccloudvm.paths import StateDir
@@ -28,7 +29,10 @@ def workloads_command(as_json: bool) -> None:
         return
     width = max((len(n) for n, _, _ in rows), default=4)
     for name, description, origin in rows:
-        ui.out.print(f"{name:{width}}  {description}  [dim]({origin})[/dim]", highlight=False)
+        ui.out.print(
+            f"{escape(name):{width}}  {escape(description)}  [dim]({escape(origin)})[/dim]",
+            highlight=False,
+        )
 
 
 @click.group("workload")

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -29,18 +30,18 @@ if not out.is_terminal:
 
 
 def info(message: str) -> None:
-    console.print(message)
+    console.print(message, markup=False)  # a path or a guest's text may hold "[...]"
 
 
 def warn(message: str) -> None:
-    console.print(f"[yellow]warning:[/yellow] {message}")
+    console.print(f"[yellow]warning:[/yellow] {escape(message)}")
 
 
 @contextmanager
 def step(message: str) -> Iterator[None]:
     """Print `message ... OK (1.2 s)` or `... FAIL` around a piece of work."""
     start = time.monotonic()
-    console.print(f"{message} ...", end="")
+    console.print(f"{escape(message)} ...", end="")
     try:
         yield
     except BaseException:
@@ -50,19 +51,31 @@ def step(message: str) -> Iterator[None]:
 
 
 @contextmanager
-def spinner(message: str) -> Iterator[Status]:
-    """A spinner whose text can be updated with the current stage."""
-    with console.status(message) as status:
+def spinner(message: str, *, stage_lines: bool = False) -> Iterator[Status]:
+    """A spinner whose text can be updated with the current stage. Without a terminal
+    (a pipe, CI, a log file) and with `stage_lines`, each new stage is printed as a line
+    with its time instead (boot stages; not every output line of a provision step)."""
+    if stage_lines and not console.is_terminal:
+        console.print(f"{message} ...", markup=False)
+        yield Status(None, message)
+        return
+    with console.status(escape(message)) as status:
         yield Status(status, message)
 
 
 class Status:
-    def __init__(self, status: object, prefix: str) -> None:
+    def __init__(self, status: object | None, prefix: str) -> None:
         self._status = status
         self._prefix = prefix
+        self._start = time.monotonic()
+        self._last = ""
 
     def update(self, stage: str) -> None:
-        self._status.update(f"{self._prefix}: {stage}")  # type: ignore[attr-defined]
+        if self._status is not None:
+            self._status.update(escape(f"{self._prefix}: {stage}"))  # type: ignore[attr-defined]
+        elif stage != self._last:
+            console.print(f"  {stage} (+{time.monotonic() - self._start:.1f} s)", markup=False)
+        self._last = stage
 
 
 def download_progress() -> Progress:
