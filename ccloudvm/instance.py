@@ -279,15 +279,18 @@ def _wait_ready(
     def alive() -> bool:
         return process.running_pid(files.pidfile, files.dir) is not None
 
-    with ui.spinner(f"Booting {inst.name}") as status:
+    with ui.spinner(f"Booting {inst.name}", stage_lines=True) as status:
         ready.wait_for_marker(
             files.serial, deadline=deadline, is_alive=alive,
             on_stage=ready.report_stage(status), name=inst.name,
         )  # fmt: skip
         status.update("connecting over SSH")
         target = ssh_target_for(state, inst, deadline=deadline)
-    code, result = target.run_capture(["cat", "/run/cloud-init/result.json"])
-    errors = ready.cloud_init_errors(result) if code == 0 else []
+    result = ready.console_result(files.serial)
+    if result is None:  # an image that does not print it: ask over SSH
+        code, result = target.run_capture(["cat", "/run/cloud-init/result.json"])
+        result = result if code == 0 else "{}"
+    errors = ready.cloud_init_errors(result)
     if errors:
         target.close()
         raise ready.BootFailed(
@@ -363,15 +366,7 @@ def create(state: StateDir, req: CreateRequest) -> InstanceState:
             inst = InstanceState(
                 name=name,
                 workload=req.workload,
-                image=ImageRef(
-                    name=base.name,
-                    key=base.key,
-                    disk=str(base.disk),
-                    kernel=str(base.kernel) if base.kernel else None,
-                    initrd=str(base.initrd) if base.initrd else None,
-                    cmdline=base.cmdline,
-                    warm_boot=base.warm_boot,
-                ),  # fmt: skip
+                image=_image_ref(base),
                 mem_mib=mem,
                 cpus=cpus,
                 disk_gib=disk,
@@ -480,15 +475,37 @@ def prepare_warm_boot(state: StateDir, inst: InstanceState, image: images.BaseIm
     a build), so that the first create from it starts warm too. Failing is not an error."""
     if not (image.warm_boot and inst.mount_slots and warmboot.enabled()):
         return
-    like = dataclasses.replace(
-        inst,
-        image=ImageRef(
-            name=image.name, key=image.key, disk=str(image.disk),
-            kernel=str(image.kernel) if image.kernel else None,
-            initrd=str(image.initrd) if image.initrd else None,
-            cmdline=image.cmdline, warm_boot=True,
-        ),
+    _snapshot_like(state, image, inst)
+
+
+def prepare_default_warm_boot(state: StateDir, image: images.BaseImage) -> None:
+    """Make the snapshot a plain `ccloudvm create` (no size flags, no mounts) of `image`
+    starts from, right after the image is built, so the very first create is warm."""
+    if not (image.warm_boot and warmboot.enabled()):
+        return
+    mode = accel.requested_mode(None)
+    acc = accel.detect(mode=mode, run_dir=state.run, probe_kernel=image.kernel)
+    host = host_resources()
+    like = InstanceState(
+        name="ccloudvm-default-shape", workload="", image=_image_ref(image),
+        mem_mib=host.default_mem_mib(acc.is_kvm), cpus=host.default_cpus(acc.is_kvm),
+        disk_gib=DEFAULT_DISK_GIB, host_ip=DEFAULT_PORT_ADDRESS, ssh_port=1,
+        guest_user=host_user().guest_name, accel_mode=mode, mount_slots=warmboot.MOUNT_SLOTS,
     )  # fmt: skip
+    _snapshot_like(state, image, like)
+
+
+def _image_ref(image: images.BaseImage) -> ImageRef:
+    return ImageRef(
+        name=image.name, key=image.key, disk=str(image.disk),
+        kernel=str(image.kernel) if image.kernel else None,
+        initrd=str(image.initrd) if image.initrd else None,
+        cmdline=image.cmdline, warm_boot=image.warm_boot,
+    )  # fmt: skip
+
+
+def _snapshot_like(state: StateDir, image: images.BaseImage, inst: InstanceState) -> None:
+    like = dataclasses.replace(inst, image=dataclasses.replace(_image_ref(image), warm_boot=True))
     acc = accel.detect(mode=inst.accel_mode, run_dir=state.run, probe_kernel=image.kernel)
     try:
         warmboot.ensure_snapshot(

@@ -91,6 +91,25 @@ def wait_for_marker(
         time.sleep(0.2)
 
 
+# Images built by ccloudvm print cloud-init's result.json on one console line after the
+# last stage (images/debian-12.yaml), which saves reading it over SSH.
+RESULT_MARKER = "CCLOUDVM-RESULT"
+
+
+def console_result(serial_log: Path) -> str | None:
+    """The result.json the guest printed on the console this boot, if it did."""
+    try:
+        text = serial_log.read_text(errors="replace")
+    except OSError:
+        return None
+    found = None
+    for line in text.splitlines():
+        at = line.find(RESULT_MARKER + " {")
+        if at >= 0:
+            found = line[at + len(RESULT_MARKER) + 1 :].strip()
+    return found
+
+
 def cloud_init_errors(result_json: str) -> list[str]:
     """Errors cloud-init recorded in /run/cloud-init/result.json."""
     try:

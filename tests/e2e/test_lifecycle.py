@@ -148,7 +148,10 @@ def test_instance_lifecycle(cli: CLI, tmp_path: Path, served_image) -> None:  # 
 
     # logs: the serial console of this boot, and cloud-init's output log from the guest
     assert "Welcome to Debian GNU/Linux 12" in cli("logs", NAME).out
-    assert "Cloud-init v." in cli("logs", NAME, "--cloud-init").out
+    cloud_init_log = cli("logs", NAME, "--cloud-init").out
+    assert "Cloud-init v." in cloud_init_log
+    # each stage logged once (one process runs all four: their tees must not chain)
+    assert cloud_init_log.count("running 'modules:final'") == 1, cloud_init_log
 
     # plain ssh with the generated config: key and pinned host key, no prompts
     config = tmp_path / "ssh_config"

@@ -92,3 +92,18 @@ def test_stage_names_carry_no_colour_codes_even_when_a_read_cut_one() -> None:
     assert ready.current_stage(log) == "local-fs.target"
     assert ready.current_stage(log.splitlines()[0]) == "modprobe@dm_mod.service"
     assert ready.current_stage("Starting \x1b[1mx\x1b[K.service...") == "x.service"
+
+
+def test_the_result_printed_on_the_console_is_found(tmp_path: Path) -> None:
+    from ccloudvm.ready import console_result
+
+    log = tmp_path / "serial.log"
+    log.write_text("boot\n[  58.3] python3[424]: CCLOUDVM-READY 58.34\n")
+    assert console_result(log) is None  # an image that does not print it: asked over SSH
+    errors = '{"v1":{"errors":["(\'scripts-user\', RuntimeError(\'runcmd failed\'))"]}}'
+    log.write_text(f"boot\n\x1b[0mCCLOUDVM-RESULT {errors}\n")
+    result = console_result(log)
+    assert result is not None and ready.cloud_init_errors(result) == [
+        "('scripts-user', RuntimeError('runcmd failed'))"
+    ]
+    assert console_result(tmp_path / "missing.log") is None
