@@ -34,6 +34,7 @@ host-packages:
 # Set up, get an image, create a VM, run a command in it, list instances.
 demo: setup
 	$(CCLOUDVM) setup --check
+	$(CCLOUDVM) image build debian-12
 	@if $(CCLOUDVM) status $(DEMO) >/dev/null 2>&1; then \
 		$(CCLOUDVM) start $(DEMO); \
 	else \
