@@ -6,7 +6,7 @@ import os
 import shutil
 from typing import Any
 
-from ccloudvm import accel, ui
+from ccloudvm import accel, imagebuild, ui
 from ccloudvm.errors import CcloudvmError
 from ccloudvm.paths import StateDir
 from ccloudvm.proc import PACKAGE_OF, find_program, run
@@ -18,9 +18,15 @@ NEEDED = {
     "ssh": "interactive sessions (ccloudvm connect)",
     "mmdebstrap": "builds Debian images locally",
     "mkfs.ext4": "builds Debian images locally",
+    "unshare": "builds images without root (a user namespace)",
+    "newuidmap": "builds images without root (subordinate user ids)",
+    "newgidmap": "builds images without root (subordinate group ids)",
     "ip": "cluster networks",
     "dnsmasq": "DHCP for cluster networks",
 }
+
+
+_PACKAGES = {**PACKAGE_OF, **imagebuild.USERNS_TOOLS}
 
 
 def missing_programs() -> list[str]:
@@ -53,11 +59,12 @@ def setup(state: StateDir, *, install: bool) -> dict[str, Any]:
                 "missing: " + ", ".join(missing),
                 hint="install them with your distribution's package manager",
             )
-        _install(sorted({PACKAGE_OF.get(m, m) for m in missing}))
+        _install(sorted({_PACKAGES.get(m, m) for m in missing}))
         missing = missing_programs()
     for name, purpose in NEEDED.items():
         mark = "missing" if name in missing else "ok"
         ui.info(f"{name:20} {mark:8} {purpose}")
+    subids = subid_report()
     acc = accel.detect(mode=accel.requested_mode(None), run_dir=state.run)
     ui.info(
         f"acceleration: {acc.accel.upper()}"
@@ -74,5 +81,21 @@ def setup(state: StateDir, *, install: bool) -> dict[str, Any]:
         "accel": acc.accel,
         "nested": acc.nested,
         "reason": acc.reason,
+        "subids": subids,
         "state_dir": str(state.root),
     }
+
+
+def subid_report() -> str | None:
+    """Say whether this user has the subordinate ids a build without root maps; the
+    problem, or None. Root builds directly and needs none."""
+    if os.geteuid() == 0:
+        ui.info(f"{'/etc/subuid':20} {'ok':8} not needed: root builds images directly")
+        return None
+    problem = imagebuild.subid_problem()
+    if problem is None:
+        ui.info(f"{'/etc/subuid':20} {'ok':8} subordinate ids for building images without root")
+        return None
+    message, hint = problem
+    ui.warn(f"{message}: images cannot be built without root; {hint}")
+    return message

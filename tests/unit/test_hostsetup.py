@@ -6,11 +6,12 @@ programs, so setup is checked end to end without touching the real host.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from ccloudvm import hostsetup, proc
+from ccloudvm import hostsetup, imagebuild, proc
 from ccloudvm.errors import CcloudvmError
 from ccloudvm.paths import StateDir
 
@@ -53,7 +54,9 @@ def test_check_reports_what_is_missing_and_installs_nothing(
         _program(host, name)
     _program(host, "apt-get", "#!/bin/sh\nexit 99\n")  # must not be called
     report = hostsetup.setup(StateDir(tmp_path / "home"), install=False)
-    assert report["missing"] == ["mmdebstrap", "mkfs.ext4", "ip", "dnsmasq"]
+    assert report["missing"] == [
+        "mmdebstrap", "mkfs.ext4", "unshare", "newuidmap", "newgidmap", "ip", "dnsmasq",
+    ]  # fmt: skip
     assert report["accel"] == "tcg" and report["nested"] is False
     err = capsys.readouterr().err
     assert "qemu-img             ok       makes instance disks" in err
@@ -74,7 +77,8 @@ def test_install_asks_apt_get_for_the_packages_of_missing_programs(
     assert report["missing"] == []
     assert log.read_text().splitlines() == [
         "noninteractive: update -q",
-        "noninteractive: install -y -q dnsmasq-base e2fsprogs iproute2 mmdebstrap openssh-client qemu-system-x86",
+        "noninteractive: install -y -q dnsmasq-base e2fsprogs iproute2 mmdebstrap"
+        " openssh-client qemu-system-x86 uidmap util-linux",
     ]
 
 
@@ -99,5 +103,40 @@ def test_programs_in_sbin_folders_count_when_path_lacks_them(
         "qemu-img",
         "ssh",
         "mmdebstrap",
+        "unshare",
+        "newuidmap",
+        "newgidmap",
     ]
     assert proc.require_tool("mkfs.ext4") == str(sbin / "mkfs.ext4")
+
+
+def _subids(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+    for name in ("subuid", "subgid"):
+        (tmp_path / name).write_text(text)
+    monkeypatch.setattr(imagebuild, "SUBUID_FILE", tmp_path / "subuid")
+    monkeypatch.setattr(imagebuild, "SUBGID_FILE", tmp_path / "subgid")
+
+
+def test_a_user_without_subordinate_ids_is_told_how_to_add_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 54321)
+    monkeypatch.setattr(os, "getuid", lambda: 54321)
+    _subids(tmp_path, monkeypatch, "alice:100000:65536\n")
+    problem = hostsetup.subid_report()
+    assert problem is not None and "no range of 65536 subordinate uids" in problem
+    err = capsys.readouterr().err
+    assert "images cannot be built without root" in err
+    assert "sudo usermod --add-subuids 165536-231071 --add-subgids 165536-231071 54321" in err
+    _subids(tmp_path, monkeypatch, "alice:100000:65536\n54321:165536:65536\n")
+    assert hostsetup.subid_report() is None
+    assert "subordinate ids for building images without root" in capsys.readouterr().err
+
+
+def test_root_needs_no_subordinate_ids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    _subids(tmp_path, monkeypatch, "")
+    assert hostsetup.subid_report() is None
+    assert "not needed: root builds images directly" in capsys.readouterr().err
