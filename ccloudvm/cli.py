@@ -19,7 +19,7 @@ from rich.table import Table
 
 from ccloudvm import __version__, cli_cluster, cli_images, cli_workloads, diskspace, instance, ui
 from ccloudvm.errors import CcloudvmError, UsageError
-from ccloudvm.instance_state import instance_names
+from ccloudvm.instance_state import creating_names, instance_names
 from ccloudvm.paths import StateDir
 from ccloudvm.specs import MountSpec, PortSpec
 
@@ -247,10 +247,15 @@ def teardown(yes: bool) -> None:
 @cli.command("instances")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def instances_command(as_json: bool) -> None:
-    """List instances with their state and how to reach them."""
+    """List instances with their state and how to reach them.
+
+    STATE: running, stopped, crashed (QEMU died though nobody stopped it), creating (a
+    create is at work, from its image download on), failed (a create ended without a
+    ready guest: 'ccloudvm logs NAME' shows why, 'ccloudvm delete NAME' removes it).
+    """
     state = _state()
     rows = []
-    for name in instance_names(state):
+    for name in sorted({*instance_names(state), *creating_names(state)}):
         try:
             rows.append(instance.status(state, name))
         except CcloudvmError as exc:  # one damaged instance must not hide the others
@@ -364,13 +369,22 @@ def copy(name: str, source: str, dest: str, recursive: bool) -> None:
     help="Show the output of every provision run (create, provision) instead of the console.",
 )
 @click.option("-n", "--lines", type=int, default=0, help="Only the last N lines.")
-def logs(name: str | None, cloud_init: bool, provision_log: bool, lines: int) -> None:
+@click.option(
+    "-f",
+    "--follow",
+    is_flag=True,
+    help="Keep printing the console as it grows, from a create's first second (while it "
+    "fetches its image the console is still empty), until the VM stops or Ctrl-C.",
+)
+def logs(name: str | None, cloud_init: bool, provision_log: bool, lines: int, follow: bool) -> None:
     """Show the serial console log (or cloud-init's output log from the guest, or the
     provision steps' output)."""
     state = _state()
     name = _pick_instance(name)
     if cloud_init and provision_log:
         raise UsageError("--cloud-init and --provision show different logs; give one")
+    if follow and (cloud_init or provision_log):
+        raise UsageError("--follow follows the console only", hint="leave out --follow")
     if provision_log:
         from ccloudvm import workflow
         from ccloudvm.instance_state import load_state
@@ -391,11 +405,27 @@ def logs(name: str | None, cloud_init: bool, provision_log: bool, lines: int) ->
                 f"could not read cloud-init-output.log in {name!r}: {text.strip()[-200:]}"
             )
     else:
-        from ccloudvm.instance_state import files_of, load_state
+        from ccloudvm.instance_state import creation, files_of, load_state
 
-        load_state(state, name)
-        path = files_of(state, name).serial
-        text = path.read_text(errors="replace") if path.exists() else ""
+        files = files_of(state, name)
+        if creation(files) is None:
+            load_state(state, name)  # a missing instance fails here
+        path = files.serial
+        raw = path.read_bytes() if path.exists() else b""
+        text = raw.decode(errors="replace")
+        if follow:
+            from ccloudvm import logfollow, process
+
+            def going() -> bool:
+                return creation(files) == "creating" or (
+                    process.running_pid(files.pidfile, files.dir) is not None
+                )
+
+            if lines:
+                text = "\n".join(text.splitlines()[-lines:]) + "\n"
+            click.echo(text, nl=False)
+            logfollow.follow(path, len(raw), going)
+            return
     if lines:
         text = "\n".join(text.splitlines()[-lines:]) + "\n"
     click.echo(text, nl=False)

@@ -29,10 +29,13 @@ from ccloudvm.instance_state import (
     all_states,
     allocate_host_ip,
     check_port_allowed,
+    clear_creating,
+    creation,
     files_of,
     instance_lock,
     instance_names,
     load_state,
+    mark_creating,
     pick_ssh_port,
     port_free,
     random_name,
@@ -335,22 +338,6 @@ def create(state: StateDir, req: CreateRequest) -> InstanceState:
     _check_ports(req.ports, host_ip)
     require_tool("qemu-system-x86_64")
     require_tool("qemu-img")
-    base = images.ensure_image(state, req.image)
-    if req.mem_mib is None or req.cpus is None:
-        # Default sizes depend on the accelerator (cached per host boot; no extra probe).
-        acc = accel.detect(mode=req.accel_mode, run_dir=state.run, probe_kernel=base.kernel)
-        mem, cpus, disk = _check_sizes(req, kvm=acc.is_kvm)
-    if disk < _disk_virtual_size_gib(base.disk):
-        raise UsageError(
-            f"--disk {disk} GiB is smaller than the image {req.image} ({_disk_virtual_size_gib(base.disk):.1f} GiB)"
-        )
-
-    # Images whose guest can wait for its seed start from a snapshot (ccloudvm.warmboot);
-    # their instances get the fixed mount slots such a snapshot's guest already knows.
-    slots = warmboot.MOUNT_SLOTS if warmboot.fits(base, mounts, req.drives) else 0
-    if slots:
-        mounts = warmboot.slot_mounts(mounts)
-
     files = files_of(state, name)
     made_dir = False
     launched = False
@@ -358,6 +345,23 @@ def create(state: StateDir, req: CreateRequest) -> InstanceState:
         files.dir.mkdir(parents=True)
         made_dir = True
         files.dir.chmod(0o700)
+        # Listed as "creating" from now on, the image download included (issue 10).
+        mark_creating(files)
+        base = images.ensure_image(state, req.image)
+        if req.mem_mib is None or req.cpus is None:
+            # Default sizes depend on the accelerator (cached per host boot; no extra probe).
+            acc = accel.detect(mode=req.accel_mode, run_dir=state.run, probe_kernel=base.kernel)
+            mem, cpus, disk = _check_sizes(req, kvm=acc.is_kvm)
+        if disk < _disk_virtual_size_gib(base.disk):
+            raise UsageError(
+                f"--disk {disk} GiB is smaller than the image {req.image} ({_disk_virtual_size_gib(base.disk):.1f} GiB)"
+            )
+
+        # Images whose guest can wait for its seed start from a snapshot (ccloudvm.warmboot);
+        # their instances get the fixed mount slots such a snapshot's guest already knows.
+        slots = warmboot.MOUNT_SLOTS if warmboot.fits(base, mounts, req.drives) else 0
+        if slots:
+            mounts = warmboot.slot_mounts(mounts)
         host_ip = reserve_host_ip(state, files)
         with instance_lock(files):
             user_key = keys.ensure_user_key(state)
@@ -408,6 +412,7 @@ def create(state: StateDir, req: CreateRequest) -> InstanceState:
             _first_boot(state, files, inst, base)
             launched = True
             _wait_ready(state, files, inst, req.timeout).close()
+            clear_creating(files)
             return inst
     except BaseException as exc:
         # An interruption (^C, SIGTERM, SIGHUP: not an Exception) removes even a guest
@@ -539,6 +544,7 @@ def start(
             inst.accel_mode = accel_mode
         _launch(state, files, inst)
         _wait_ready(state, files, inst, timeout).close()
+        clear_creating(files)  # a create that failed is fixed by a start that gets ready
         return inst
 
 
@@ -608,12 +614,16 @@ def delete(state: StateDir, name: str) -> None:
 
 
 def status(state: StateDir, name: str) -> dict[str, Any]:
-    inst = load_state(state, name)
     files = files_of(state, name)
+    making = creation(files)
+    if making is not None and not files.state.exists():
+        return _early_status(name, making, files)  # still fetching the image, say
+    inst = load_state(state, name)
     pid = process.running_pid(files.pidfile, files.dir)
-    if pid is None:
+    if making is not None:
+        run_state = making  # a create that runs, or one that ended without a ready guest
+    elif pid is None:
         run_state = "crashed" if inst.desired == "running" else "stopped"
-        guest = None
     else:
         try:
             guest = qmp.query_status(files.qmp)
@@ -637,6 +647,15 @@ def status(state: StateDir, name: str) -> dict[str, Any]:
         "mounts": [f"{m.host_path}->{m.guest_path}" for m in inst.mount_specs()],
         "directory": str(files.dir),
     }
+
+
+def _early_status(name: str, making: str, files: InstanceFiles) -> dict[str, Any]:
+    """The row of an instance whose create has not written its state yet."""
+    return {
+        "name": name, "state": making, "pid": None, "workload": "-", "image": "-",
+        "mem_mib": 0, "cpus": 0, "disk_gib": 0, "accel": "", "boot": "-", "ssh": "-",
+        "ports": [], "mounts": [], "directory": str(files.dir),
+    }  # fmt: skip
 
 
 def connect_target(state: StateDir, name: str) -> SSHTarget:

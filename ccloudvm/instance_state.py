@@ -20,6 +20,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ccloudvm import process
 from ccloudvm.errors import CcloudvmError, NotFoundError, StateError, UsageError
 from ccloudvm.paths import StateDir, file_lock, refuse_link
 from ccloudvm.specs import MountSpec, PortSpec
@@ -159,6 +160,42 @@ class InstanceFiles:
     pidfile = property(lambda self: self.dir / "qemu.pid")
     lock = property(lambda self: self.dir / "lock")
     instance_id = property(lambda self: self.dir / "instance-id")
+    creating = property(lambda self: self.dir / "creating")  # the creating process
+
+
+def mark_creating(files: InstanceFiles) -> None:
+    """Record that this process is creating the instance, until clear_creating."""
+    pid = os.getpid()
+    files.creating.write_text(json.dumps({"pid": pid, "start": process.start_ticks(pid)}))
+
+
+def clear_creating(files: InstanceFiles) -> None:
+    files.creating.unlink(missing_ok=True)
+
+
+def creation(files: InstanceFiles) -> str | None:
+    """'creating' while the process that creates the instance runs, 'failed' when it is
+    gone without finishing (killed, or the guest never got ready), None once created."""
+    try:
+        mark = json.loads(files.creating.read_text())
+        pid, start = int(mark["pid"]), mark.get("start")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return "failed"
+    alive = start is not None and process.start_ticks(pid) == start
+    return "creating" if alive else "failed"
+
+
+def creating_names(state: StateDir) -> list[str]:
+    """Instances being created (or whose create died) that have no state file yet."""
+    if not state.instances.is_dir():
+        return []
+    return sorted(
+        p.name
+        for p in state.instances.iterdir()
+        if not p.is_symlink() and (p / "creating").exists() and not (p / "state.json").exists()
+    )
 
 
 def files_of(state: StateDir, name: str) -> InstanceFiles:

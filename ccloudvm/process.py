@@ -15,6 +15,17 @@ def read_pid(pidfile: Path) -> int | None:
         return None
 
 
+def start_ticks(pid: int) -> int | None:
+    """When process `pid` started (clock ticks after boot): with the pid, it names one
+    process even after the pid is reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return int(fields[19]) if len(fields) > 19 and fields[19].isdigit() else None
+
+
 def is_qemu_of(pid: int, marker: Path) -> bool:
     """True if `pid` is alive and is the QEMU started for the instance whose files are in
     the folder `marker`: its command line names files in that folder (its -pidfile at
