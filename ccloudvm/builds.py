@@ -19,6 +19,7 @@ from ccloudvm.errors import CcloudvmError, NotFoundError, StateError, UsageError
 from ccloudvm.instance_state import files_of, instance_names, load_state
 from ccloudvm.paths import StateDir
 from ccloudvm.proc import run
+from ccloudvm.status import status as instance_status
 from ccloudvm.workload import Workload, render_workload_yaml
 
 BUILD_INSTANCE_NAME = "ccloudvm-build"  # the name workloads are rendered for when keyed
@@ -78,7 +79,7 @@ def save_instance(
     """Turn stopped instance `name` into the reusable image `image_name`."""
     inst = load_state(state, name)
     files = files_of(state, name)
-    if instance.status(state, name)["state"] not in ("stopped", "crashed"):
+    if instance_status(state, name)["state"] not in ("stopped", "crashed"):
         raise StateError(
             f"{name!r} is running; an image must be saved from a stopped instance",
             hint=f"run 'ccloudvm stop {name}' first",

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
-from rich.table import Table
 
-from ccloudvm import __version__, cli_cluster, cli_images, cli_workloads, diskspace, instance, ui
-from ccloudvm.errors import CcloudvmError, UsageError
+from ccloudvm import __version__, cli_cluster, cli_images, cli_workloads, defaults, diskspace, ui
+from ccloudvm.errors import CcloudvmError, CreateInterrupted, UsageError
 from ccloudvm.instance_state import creating_names, instance_names
 from ccloudvm.paths import StateDir
 from ccloudvm.specs import MountSpec, PortSpec
+from ccloudvm.status import status as status_of
 
 _debug = False
 
@@ -142,7 +142,7 @@ def cli(debug: bool) -> None:
 @click.option(
     "--timeout",
     type=float,
-    default=instance.BOOT_TIMEOUT,
+    default=defaults.BOOT_TIMEOUT,
     show_default=True,
     help="Seconds to wait for the guest to be ready.",
 )
@@ -181,7 +181,7 @@ def create(workload: str, name: str | None, mem: int | None, cpus: int | None, d
 
 @cli.command()
 @click.argument("name", required=False)
-@click.option("--timeout", type=float, default=instance.BOOT_TIMEOUT, show_default=True)
+@click.option("--timeout", type=float, default=defaults.BOOT_TIMEOUT, show_default=True)
 @click.option(
     "--accel",
     type=click.Choice(["auto", "kvm", "tcg"]),
@@ -190,6 +190,7 @@ def create(workload: str, name: str | None, mem: int | None, cpus: int | None, d
 def start(name: str | None, timeout: float, accel: str | None) -> None:
     """Boot a stopped instance (also recovers one whose QEMU died)."""
     from ccloudvm import accel as accel_mod
+    from ccloudvm import instance
 
     chosen = accel or os.environ.get(accel_mod.ENV_ACCEL)
     mode = accel_mod.requested_mode(chosen) if chosen else None
@@ -201,12 +202,14 @@ def start(name: str | None, timeout: float, accel: str | None) -> None:
 @click.option(
     "--timeout",
     type=float,
-    default=instance.STOP_TIMEOUT,
+    default=defaults.STOP_TIMEOUT,
     show_default=True,
     help="Seconds to wait for the guest to power off before QEMU is quit.",
 )
 def stop(name: str | None, timeout: float) -> None:
     """Shut an instance down cleanly (ACPI power-off, then quit QEMU if it hangs)."""
+    from ccloudvm import instance
+
     instance.stop(_state(), _pick_instance(name), timeout)
 
 
@@ -214,6 +217,8 @@ def stop(name: str | None, timeout: float) -> None:
 @click.argument("name", required=False)
 def quit_command(name: str | None) -> None:
     """Stop an instance's QEMU at once (like pulling the plug)."""
+    from ccloudvm import instance
+
     instance.quit_instance(_state(), _pick_instance(name))
 
 
@@ -221,6 +226,8 @@ def quit_command(name: str | None) -> None:
 @click.argument("name")
 def delete(name: str) -> None:
     """Delete an instance: its QEMU, disk, keys and logs. Its image stays cached."""
+    from ccloudvm import instance
+
     instance.delete(_state(), name)
 
 
@@ -228,6 +235,8 @@ def delete(name: str) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def teardown(yes: bool) -> None:
     """Delete every instance."""
+    from ccloudvm import instance
+
     state = _state()
     names = instance_names(state)
     if not names:
@@ -253,11 +262,12 @@ def instances_command(as_json: bool) -> None:
     create is at work, from its image download on), failed (a create ended without a
     ready guest: 'ccloudvm logs NAME' shows why, 'ccloudvm delete NAME' removes it).
     """
+
     state = _state()
     rows = []
     for name in sorted({*instance_names(state), *creating_names(state)}):
         try:
-            rows.append(instance.status(state, name))
+            rows.append(status_of(state, name))
         except CcloudvmError as exc:  # one damaged instance must not hide the others
             ui.warn(str(exc))
     if as_json:
@@ -266,6 +276,8 @@ def instances_command(as_json: bool) -> None:
     if not rows:
         ui.info("no instances (create one with 'ccloudvm create debian')")
         return
+    from rich.table import Table
+
     table = Table(box=None)
     for column in ("NAME", "STATE", "WORKLOAD", "IMAGE", "CPUS", "MEM", "SSH", "PORTS"):
         table.add_column(column)
@@ -280,7 +292,8 @@ def instances_command(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def status(name: str | None, as_json: bool) -> None:
     """Show one instance's state (from QEMU itself) and settings."""
-    data = instance.status(_state(), _pick_instance(name))
+
+    data = status_of(_state(), _pick_instance(name))
     if as_json:
         _print_json(data)
         return
@@ -306,6 +319,8 @@ def run(name: str, command: tuple[str, ...]) -> None:
     \b
     Example: ccloudvm run dev -- uname -a
     """
+    from ccloudvm import instance
+
     argv = list(command)
     if argv and argv[0] == "--":
         argv = argv[1:]
@@ -320,6 +335,8 @@ def run(name: str, command: tuple[str, ...]) -> None:
 @click.argument("name", required=False)
 def connect(name: str | None) -> NoReturn:
     """Open an interactive shell in the instance (system ssh, host key pinned)."""
+    from ccloudvm import instance
+
     argv = instance.ssh_argv(_state(), _pick_instance(name))
     os.execv(argv[0], argv)  # noqa: S606 - argv list built by us, no shell
 
@@ -332,6 +349,8 @@ def ssh_config(name: str | None) -> None:
     \b
     Example: ccloudvm ssh-config dev >> ~/.ssh/config && ssh dev
     """
+    from ccloudvm import instance
+
     click.echo(instance.ssh_config(_state(), _pick_instance(name)), nl=False)
 
 
@@ -348,7 +367,7 @@ def copy(name: str, source: str, dest: str, recursive: bool) -> None:
     ccloudvm copy dev :/etc/os-release .     guest -> host
     ccloudvm copy dev -r ./src :/home/me/src folders
     """
-    from ccloudvm import transfer
+    from ccloudvm import instance, transfer
 
     with instance.connect_target(_state(), name) as target:
         transfer.copy(target, source, dest, recursive=recursive)
@@ -379,6 +398,8 @@ def copy(name: str, source: str, dest: str, recursive: bool) -> None:
 def logs(name: str | None, cloud_init: bool, provision_log: bool, lines: int, follow: bool) -> None:
     """Show the serial console log (or cloud-init's output log from the guest, or the
     provision steps' output)."""
+    from ccloudvm import instance
+
     state = _state()
     name = _pick_instance(name)
     if cloud_init and provision_log:
@@ -473,8 +494,6 @@ def _install_signal_handlers() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from ccloudvm.workflow import CreateInterrupted
-
     _install_signal_handlers()
     try:
         cli.main(args=argv, prog_name="ccloudvm", standalone_mode=False)

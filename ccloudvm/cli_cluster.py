@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from ccloudvm import cluster, instance, netns, workflow
+from ccloudvm import cluster
 from ccloudvm.instance_state import instance_names
 from ccloudvm.paths import StateDir
 
@@ -33,6 +33,8 @@ def _vm_action(action: str) -> click.Command:
     @click.argument("name", required=False)
     @click.option("-v", "--verbose", is_flag=True, help="Show the scripts' output as it comes.")
     def command(name: str | None, verbose: bool) -> None:
+        from ccloudvm import instance, workflow
+
         state = StateDir.from_env()
         if name is None:
             names = instance_names(state)
@@ -66,6 +68,8 @@ def _host_action(action: str) -> click.Command:
     @click.option("--name", help="Cluster name (default: the workload's name).")
     @click.option("-v", "--verbose", is_flag=True, help="Show the scripts' output as it comes.")
     def command(workload: str, name: str | None, verbose: bool, no_isolation: bool = False) -> None:
+        from ccloudvm import netns, workflow
+
         state = StateDir.from_env()
         rendered = workflow.resolve(state, workload, name or "baremetal", bare_metal=True)
         result = netns.run_baremetal(
@@ -100,6 +104,8 @@ def baremetal_provision(workload: str, yes: bool, verbose: bool) -> None:
     """Run WORKLOAD's provision steps on this host, the very steps a VM of it gets
     (`only: vm` steps skipped), as you; `sudo: true` steps as root through sudo -n.
     Asks first unless --yes; see them with 'ccloudvm workload show WORKLOAD'."""
+    from ccloudvm import workflow
+
     workflow.baremetal_provision(
         StateDir.from_env(), workload, yes=yes, verbose=verbose,
         confirm=lambda question: click.confirm(question, default=False, err=True),

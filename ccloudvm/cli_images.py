@@ -7,10 +7,8 @@ import json
 import time
 
 import click
-from rich.table import Table
 
-from ccloudvm import builds, images, instance, ui, warmboot
-from ccloudvm.errors import CcloudvmError
+from ccloudvm import ui
 from ccloudvm.paths import StateDir
 
 
@@ -22,6 +20,11 @@ def images_command(as_json: bool) -> None:
     WARM: the image's warm-boot snapshots (one per VM size created from it) and the space
     they take; 'ccloudvm image rm' removes them with the image.
     """
+    from rich.table import Table
+
+    from ccloudvm import builds, images, warmboot
+    from ccloudvm.errors import CcloudvmError
+
     state = StateDir.from_env()
     used = builds.images_in_use(state)
     rows: list[dict[str, object]] = []
@@ -90,6 +93,8 @@ def image_build(recipe: str) -> None:
     For an image that supports warm boot, it also makes the snapshot that a plain
     'ccloudvm create' (default size, no mounts) starts from, so the first create is warm.
     """
+    from ccloudvm import images, instance
+
     start = time.monotonic()
     state = StateDir.from_env()
     image = images.ensure_image(state, recipe)
@@ -106,6 +111,8 @@ def image_save(instance: str, name: str) -> None:
 
     'ccloudvm create WORKLOAD --image NAME' then starts from it.
     """
+    from ccloudvm import builds
+
     builds.save_instance(StateDir.from_env(), instance, name)
 
 
@@ -113,12 +120,16 @@ def image_save(instance: str, name: str) -> None:
 @click.argument("name")
 def image_rm(name: str) -> None:
     """Remove cached image NAME (refused while an instance's disk is backed by it)."""
+    from ccloudvm import builds
+
     builds.remove(StateDir.from_env(), name)
 
 
 @image_group.command("prune")
 def image_prune() -> None:
     """Remove images that no instance uses: stale base images and superseded builds."""
+    from ccloudvm import builds
+
     removed = builds.prune(StateDir.from_env())
     ui.info("removed: " + ", ".join(removed) if removed else "nothing to prune")
 
@@ -141,6 +152,7 @@ def image_prune() -> None:
 def build_command(workload: str, no_cache: bool, accel: str | None, timeout: float) -> None:
     """Create WORKLOAD, provision it, and save it as an image that 'create' then reuses."""
     from ccloudvm import accel as accel_mod
+    from ccloudvm import builds
     from ccloudvm.workflow import CreateOptions
 
     options = CreateOptions(

@@ -5,11 +5,9 @@ from __future__ import annotations
 import sys
 
 import click
-from rich.markup import escape
 
-from ccloudvm import ui, workflow
+from ccloudvm import ui
 from ccloudvm.paths import StateDir
-from ccloudvm.workload import list_workloads, render_workload_yaml
 
 
 @click.command("workloads")
@@ -19,6 +17,8 @@ def workloads_command(as_json: bool) -> None:
 
     Yours (~/.ccloudvm/workloads) come first and override bundled ones of the same name.
     """
+    from ccloudvm.workload import list_workloads
+
     rows = list_workloads(StateDir.from_env())
     if as_json:
         import json
@@ -30,7 +30,7 @@ def workloads_command(as_json: bool) -> None:
     width = max((len(n) for n, _, _ in rows), default=4)
     for name, description, origin in rows:
         ui.out.print(
-            f"{escape(name):{width}}  {escape(description)}  [dim]({escape(origin)})[/dim]",
+            f"{ui.escape(name):{width}}  {ui.escape(description)}  [dim]({ui.escape(origin)})[/dim]",
             highlight=False,
         )
 
@@ -50,6 +50,9 @@ def workload_group() -> None:
 )
 def show(workload: str, name: str) -> None:
     """Print WORKLOAD fully merged (inheritance) and rendered (templates), as it would run."""
+    from ccloudvm import workflow
+    from ccloudvm.workload import render_workload_yaml
+
     rendered = workflow.resolve(StateDir.from_env(), workload, name)
     click.echo(render_workload_yaml(rendered), nl=False)
 
@@ -68,6 +71,8 @@ def provision_command(name: str, verbose: bool) -> None:
     Their output is appended to the instance's provision.log: 'ccloudvm logs NAME
     --provision'.
     """
+    from ccloudvm import workflow
+
     state = StateDir.from_env()
     workload = workflow.workload_of(state, name)
     workflow.provision_instance(state, name, workload, verbose=verbose)
@@ -78,6 +83,8 @@ def provision_command(name: str, verbose: bool) -> None:
 def verify_command(name: str) -> None:
     """Run the workload's checks (its release criterion) in NAME: each PASS or FAIL (with
     its output), then 'N passed, N failed'; exit status 1 if any fails."""
+    from ccloudvm import workflow
+
     _, failed = workflow.verify(StateDir.from_env(), name)
     sys.exit(1 if failed else 0)
 

@@ -25,8 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rich.markup import escape
-
 from ccloudvm import ui
 from ccloudvm.errors import CcloudvmError, UsageError
 from ccloudvm.target import Target
@@ -201,7 +199,7 @@ class _Progress:
             self.close(ok=True)
             (self.result.passed if kind == "PASS" else self.result.failed).append(text)
             mark = "[green]OK[/green]" if kind == "PASS" else "[red]FAIL[/red]"
-            ui.console.print(f"{escape(text)} ... {mark}")
+            ui.console.print(f"{ui.escape(text)} ... {mark}")
         elif kind == "ERROR" and text:
             self.result.error = text
         elif kind == "DONE" and text:
@@ -340,7 +338,7 @@ def run_cluster_action(
         if result.error is None:
             for line in result.lines[-15:]:
                 ui.console.print(f"  {line}", markup=False, style="dim")
-        ui.console.print(f"[red]cluster {action} failed:[/red] {escape(reason)}", soft_wrap=True)
+        ui.console.print(f"[red]cluster {action} failed:[/red] {ui.escape(reason)}", soft_wrap=True)
     if action in CHECK_ACTIONS:
         ui.out.print(result.summary)
     elif result.status == 0:

@@ -40,3 +40,14 @@ class StateError(CcloudvmError):
 
 class ToolMissingError(CcloudvmError):
     """A host program (qemu, qemu-img, mmdebstrap, ...) is not installed."""
+
+
+class CreateInterrupted(KeyboardInterrupt):
+    """A create stopped by ^C, SIGTERM or SIGHUP; `removed` says whether the half-made
+    instance was removed (it stays, booted but not provisioned, once provisioning began)."""
+
+    def __init__(self, name: str, removed: bool, exit_code: int) -> None:
+        super().__init__(name)
+        self.name = name
+        self.removed = removed
+        self.exit_code = exit_code

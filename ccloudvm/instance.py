@@ -20,6 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from ccloudvm import accel, images, keys, process, qemu, qmp, ready, seed, ui, warmboot
+from ccloudvm.defaults import (
+    BOOT_TIMEOUT,
+    DEFAULT_DISK_GIB,
+    MAX_DISK_GIB,
+    MIN_MEM_MIB,
+    STOP_TIMEOUT,
+)
 from ccloudvm.errors import CcloudvmError, StateError, UsageError
 from ccloudvm.hostinfo import HostUser, host_resources, host_user
 from ccloudvm.instance_state import (
@@ -30,7 +37,6 @@ from ccloudvm.instance_state import (
     allocate_host_ip,
     check_port_allowed,
     clear_creating,
-    creation,
     files_of,
     instance_lock,
     instance_names,
@@ -47,12 +53,6 @@ from ccloudvm.paths import StateDir, refuse_link
 from ccloudvm.proc import require_tool, run
 from ccloudvm.specs import DEFAULT_PORT_ADDRESS, MountSpec, PortSpec
 from ccloudvm.ssh import SSHTarget, known_hosts_line, wait_for_ssh
-
-DEFAULT_DISK_GIB = 20
-MIN_MEM_MIB = 256
-MAX_DISK_GIB = 4096
-BOOT_TIMEOUT = 900.0  # software emulation on a busy 2-core host is slow
-STOP_TIMEOUT = 120.0
 
 
 @dataclass
@@ -611,51 +611,6 @@ def delete(state: StateDir, name: str) -> None:
         _force_off(files)
         shutil.rmtree(files.dir)
     ui.info(f"{name} deleted")
-
-
-def status(state: StateDir, name: str) -> dict[str, Any]:
-    files = files_of(state, name)
-    making = creation(files)
-    if making is not None and not files.state.exists():
-        return _early_status(name, making, files)  # still fetching the image, say
-    inst = load_state(state, name)
-    pid = process.running_pid(files.pidfile, files.dir)
-    if making is not None:
-        run_state = making  # a create that runs, or one that ended without a ready guest
-    elif pid is None:
-        run_state = "crashed" if inst.desired == "running" else "stopped"
-    else:
-        try:
-            guest = qmp.query_status(files.qmp)
-        except qmp.QMPUnavailable:
-            guest = "unknown"
-        run_state = "running" if guest == "running" else guest
-    return {
-        "name": inst.name,
-        "state": run_state,
-        "pid": pid,
-        "workload": inst.workload,
-        "image": inst.image.name,
-        "mem_mib": inst.mem_mib,
-        "cpus": inst.cpus,
-        "disk_gib": inst.disk_gib,
-        "accel": inst.accel_used,
-        # How it first booted: from a warm-boot snapshot of its image, or cold.
-        "boot": "warm" if inst.warm_snapshot else "cold",
-        "ssh": f"{inst.guest_user}@{inst.host_ip}:{inst.ssh_port}",
-        "ports": [p.endpoint() for p in inst.port_specs()],
-        "mounts": [f"{m.host_path}->{m.guest_path}" for m in inst.mount_specs()],
-        "directory": str(files.dir),
-    }
-
-
-def _early_status(name: str, making: str, files: InstanceFiles) -> dict[str, Any]:
-    """The row of an instance whose create has not written its state yet."""
-    return {
-        "name": name, "state": making, "pid": None, "workload": "-", "image": "-",
-        "mem_mib": 0, "cpus": 0, "disk_gib": 0, "accel": "", "boot": "-", "ssh": "-",
-        "ports": [], "mounts": [], "directory": str(files.dir),
-    }  # fmt: skip
 
 
 def connect_target(state: StateDir, name: str) -> SSHTarget:

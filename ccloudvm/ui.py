@@ -9,45 +9,68 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
 
-# soft_wrap: an error or a step line stays one line in logs and pipes, however long.
-console = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False)  # stdout: results a script may read (tables, JSON)
-if not out.is_terminal:
-    # A pipe has no width: never cut a table row (an SSH address, say) to 80 columns.
-    out = Console(highlight=False, width=400)
+# rich is imported on first output, not at start-up: `ccloudvm --help` and `instances`
+# must start fast (issue 10), and rich costs tens of milliseconds.
+_consoles: dict[str, Console] = {}
+
+
+def _make(name: str) -> Console:
+    from rich.console import Console
+
+    if name == "console":
+        # soft_wrap: an error or a step line stays one line in logs and pipes, however long.
+        return Console(stderr=True, highlight=False, soft_wrap=True)
+    made = Console(highlight=False)  # stdout: results a script may read (tables, JSON)
+    if not made.is_terminal:
+        # A pipe has no width: never cut a table row (an SSH address, say) to 80 columns.
+        made = Console(highlight=False, width=400)
+    return made
+
+
+def __getattr__(name: str) -> Console:
+    """`ui.console` (stderr: progress, warnings, errors) and `ui.out` (stdout: results)."""
+    if name not in ("console", "out"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name not in _consoles:
+        _consoles[name] = _make(name)
+    return _consoles[name]
+
+
+def escape(text: str) -> str:
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
+def _console() -> Console:
+    return __getattr__("console")
 
 
 def info(message: str) -> None:
-    console.print(message, markup=False)  # a path or a guest's text may hold "[...]"
+    _console().print(message, markup=False)  # a path or a guest's text may hold "[...]"
 
 
 def warn(message: str) -> None:
-    console.print(f"[yellow]warning:[/yellow] {escape(message)}")
+    _console().print(f"[yellow]warning:[/yellow] {escape(message)}")
 
 
 @contextmanager
 def step(message: str) -> Iterator[None]:
     """Print `message ... OK (1.2 s)` or `... FAIL` around a piece of work."""
     start = time.monotonic()
-    console.print(f"{escape(message)} ...", end="")
+    _console().print(f"{escape(message)} ...", end="")
     try:
         yield
     except BaseException:
-        console.print(" [red]FAIL[/red]")
+        _console().print(" [red]FAIL[/red]")
         raise
-    console.print(f" [green]OK[/green] ({time.monotonic() - start:.1f} s)")
+    _console().print(f" [green]OK[/green] ({time.monotonic() - start:.1f} s)")
 
 
 @contextmanager
@@ -55,11 +78,11 @@ def spinner(message: str, *, stage_lines: bool = False) -> Iterator[Status]:
     """A spinner whose text can be updated with the current stage. Without a terminal
     (a pipe, CI, a log file) and with `stage_lines`, each new stage is printed as a line
     with its time instead (boot stages; not every output line of a provision step)."""
-    if stage_lines and not console.is_terminal:
-        console.print(f"{message} ...", markup=False)
+    if stage_lines and not _console().is_terminal:
+        _console().print(f"{message} ...", markup=False)
         yield Status(None, message)
         return
-    with console.status(escape(message)) as status:
+    with _console().status(escape(message)) as status:
         yield Status(status, message)
 
 
@@ -74,18 +97,27 @@ class Status:
         if self._status is not None:
             self._status.update(escape(f"{self._prefix}: {stage}"))  # type: ignore[attr-defined]
         elif stage != self._last:
-            console.print(f"  {stage} (+{time.monotonic() - self._start:.1f} s)", markup=False)
+            _console().print(f"  {stage} (+{time.monotonic() - self._start:.1f} s)", markup=False)
         self._last = stage
 
 
 def download_progress() -> Progress:
     """A progress bar for byte transfers (downloads, image conversion)."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
-        console=console,
+        console=_console(),
         transient=False,
     )

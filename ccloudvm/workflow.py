@@ -12,8 +12,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ccloudvm import instance, proxy, ui
-from ccloudvm.errors import CcloudvmError, NotFoundError, UsageError
+from ccloudvm import defaults, instance, proxy, ui
+from ccloudvm.errors import CcloudvmError, CreateInterrupted, NotFoundError, UsageError
 from ccloudvm.hostinfo import host_user
 from ccloudvm.instance_state import (
     InstanceState,
@@ -53,7 +53,7 @@ class CreateOptions:
     propagate_proxy: bool = True
     ca_certs: list[Path] = field(default_factory=list)
     use_cache: bool = True
-    timeout: float = instance.BOOT_TIMEOUT
+    timeout: float = defaults.BOOT_TIMEOUT
     verbose: bool = False  # print provision steps' output as it comes
 
 
@@ -181,17 +181,6 @@ def _preflight(state: StateDir, request: instance.CreateRequest, workload: Workl
                 f"drive {drive.path} of workload {workload.name!r} does not exist",
                 hint="create the disk image first or fix vm.drives in the workload",
             )
-
-
-class CreateInterrupted(KeyboardInterrupt):
-    """A create stopped by ^C, SIGTERM or SIGHUP; `removed` says whether the half-made
-    instance was removed (it stays, booted but not provisioned, once provisioning began)."""
-
-    def __init__(self, name: str, removed: bool, exit_code: int) -> None:
-        super().__init__(name)
-        self.name = name
-        self.removed = removed
-        self.exit_code = exit_code
 
 
 def create(state: StateDir, ref: str, options: CreateOptions) -> InstanceState:

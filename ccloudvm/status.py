@@ -1,0 +1,60 @@
+"""What an instance is doing now, from its files and from QEMU itself.
+
+Kept apart from ccloudvm.instance, and light to import, so that `instances` and `status`
+start fast (issue 10): QMP (asyncio) is loaded only when a QEMU is there to ask.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ccloudvm import process
+from ccloudvm.instance_state import InstanceFiles, creation, files_of, load_state
+from ccloudvm.paths import StateDir
+
+
+def status(state: StateDir, name: str) -> dict[str, Any]:
+    files = files_of(state, name)
+    making = creation(files)
+    if making is not None and not files.state.exists():
+        return _early_status(name, making, files)  # still fetching the image, say
+    inst = load_state(state, name)
+    pid = process.running_pid(files.pidfile, files.dir)
+    if making is not None:
+        run_state = making  # a create that runs, or one that ended without a ready guest
+    elif pid is None:
+        run_state = "crashed" if inst.desired == "running" else "stopped"
+    else:
+        from ccloudvm import qmp  # asyncio and qemu.qmp: only when QEMU is there to ask
+
+        try:
+            guest = qmp.query_status(files.qmp)
+        except qmp.QMPUnavailable:
+            guest = "unknown"
+        run_state = "running" if guest == "running" else guest
+    return {
+        "name": inst.name,
+        "state": run_state,
+        "pid": pid,
+        "workload": inst.workload,
+        "image": inst.image.name,
+        "mem_mib": inst.mem_mib,
+        "cpus": inst.cpus,
+        "disk_gib": inst.disk_gib,
+        "accel": inst.accel_used,
+        # How it first booted: from a warm-boot snapshot of its image, or cold.
+        "boot": "warm" if inst.warm_snapshot else "cold",
+        "ssh": f"{inst.guest_user}@{inst.host_ip}:{inst.ssh_port}",
+        "ports": [p.endpoint() for p in inst.port_specs()],
+        "mounts": [f"{m.host_path}->{m.guest_path}" for m in inst.mount_specs()],
+        "directory": str(files.dir),
+    }
+
+
+def _early_status(name: str, making: str, files: InstanceFiles) -> dict[str, Any]:
+    """The row of an instance whose create has not written its state yet."""
+    return {
+        "name": name, "state": making, "pid": None, "workload": "-", "image": "-",
+        "mem_mib": 0, "cpus": 0, "disk_gib": 0, "accel": "", "boot": "-", "ssh": "-",
+        "ports": [], "mounts": [], "directory": str(files.dir),
+    }  # fmt: skip
