@@ -72,6 +72,7 @@ class CreateRequest:
     timeout: float = BOOT_TIMEOUT
     workload_ref: str = ""
     propagate_proxy: bool = True
+    proxy: str = ""  # what proxy propagation wrote into the guest (proxy.describe)
 
 
 # ---------------------------------------------------------------- validation
@@ -384,6 +385,7 @@ def create(state: StateDir, req: CreateRequest) -> InstanceState:
                 drives=list(req.drives),
                 workload_ref=req.workload_ref or req.workload,
                 propagate_proxy=req.propagate_proxy,
+                proxy=req.proxy,
                 mount_slots=slots,
             )
             files.known_hosts.write_text(
@@ -413,6 +415,8 @@ def create(state: StateDir, req: CreateRequest) -> InstanceState:
             launched = True
             _wait_ready(state, files, inst, req.timeout).close()
             clear_creating(files)
+            if req.proxy:
+                ui.info(f"proxy: {req.proxy}")
             return inst
     except BaseException as exc:
         # An interruption (^C, SIGTERM, SIGHUP: not an Exception) removes even a guest

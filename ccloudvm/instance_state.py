@@ -116,6 +116,7 @@ class InstanceState:
     warm_snapshot: str | None = None
     workload_ref: str = ""  # what the user named: a bundled name, a path or a URL
     propagate_proxy: bool = True
+    proxy: str = ""  # what proxy propagation wrote into the guest, shown by status
 
     def port_specs(self) -> list[PortSpec]:
         return [PortSpec.parse(p) for p in self.ports]

@@ -144,3 +144,31 @@ def for_guest(
         https=_rewrite_loopback(p.https, gateway),
         no_proxy=_dedupe([*p.no_proxy, gateway, "127.0.0.1", "localhost", hostname, guest_ip]),
     )
+
+
+# Where cloud-init/proxy.yaml.j2 writes the guest's proxies (said in create and status).
+WRITTEN_TO = "/etc/environment, /etc/profile.d/ccloudvm-proxy.sh, apt, git, docker"
+
+
+def describe(settings: ProxySettings, *, propagated: bool) -> str:
+    """One line on what proxy propagation wrote into the guest, passwords hidden."""
+    if not propagated:
+        return "not propagated (--no-proxy-propagation)"
+    if settings.is_empty():
+        return "none (the host sets no http_proxy or https_proxy)"
+    parts = [
+        f"{name}={_hide_password(value)}"
+        for name, value in (("http_proxy", settings.http), ("https_proxy", settings.https))
+        if value
+    ]
+    if settings.no_proxy:
+        parts.append(f"no_proxy={settings.no_proxy_text}")
+    return " ".join(parts) + f" (in {WRITTEN_TO})"
+
+
+def _hide_password(url: str) -> str:
+    split = urlsplit(url)
+    if split.password is None:
+        return url
+    netloc = split.netloc.replace(f":{split.password}@", ":***@", 1)
+    return urlunsplit(split._replace(netloc=netloc))

@@ -47,6 +47,7 @@ def status(state: StateDir, name: str) -> dict[str, Any]:
         "ssh": f"{inst.guest_user}@{inst.host_ip}:{inst.ssh_port}",
         "ports": [p.endpoint() for p in inst.port_specs()],
         "mounts": [f"{m.host_path}->{m.guest_path}" for m in inst.mount_specs()],
+        "proxy": inst.proxy or "-",
         "directory": str(files.dir),
     }
 
@@ -56,5 +57,5 @@ def _early_status(name: str, making: str, files: InstanceFiles) -> dict[str, Any
     return {
         "name": name, "state": making, "pid": None, "workload": "-", "image": "-",
         "mem_mib": 0, "cpus": 0, "disk_gib": 0, "accel": "", "boot": "-", "ssh": "-",
-        "ports": [], "mounts": [], "directory": str(files.dir),
+        "ports": [], "mounts": [], "proxy": "-", "directory": str(files.dir),
     }  # fmt: skip

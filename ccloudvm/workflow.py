@@ -155,6 +155,10 @@ def build_request(
         timeout=options.timeout,
         workload_ref=ref,
         propagate_proxy=options.propagate_proxy,
+        proxy=proxy.describe(
+            proxy.for_guest(proxy.read_host_proxies(os.environ), hostname=name),
+            propagated=options.propagate_proxy,
+        ),
     )
     return request, workload
 

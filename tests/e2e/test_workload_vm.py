@@ -9,6 +9,7 @@ The proxy's own log is the evidence that the guest's apt and curl used it.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -125,6 +126,11 @@ def test_workload_behind_a_proxy(cli: CLI, proxy: ProxyServer, tmp_path: Path) -
         ("GET", "http://deb.debian.org/debian/dists/bookworm/Release", 200)
     ]
     assert [r for r in seen if r.status == 403] == [], "the guest asked for a host outside Debian"
+
+    # create and status say what proxy propagation wrote
+    assert f"proxy: http_proxy={guest_proxy} https_proxy={guest_proxy}" in created.err
+    said = json.loads(cli("status", NAME, "--json").out)["proxy"]
+    assert said.startswith(f"http_proxy={guest_proxy}") and "/etc/environment" in said
 
     # What ccloudvm wrote into the guest: the gateway, not the host's loopback.
     environment = cli("run", NAME, "--", "cat", "/etc/environment").out

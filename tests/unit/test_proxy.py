@@ -74,3 +74,18 @@ def test_guest_no_proxy_gains_local_addresses_once_in_order() -> None:
 
 def test_guest_of_empty_settings_stays_empty() -> None:
     assert for_guest(ProxySettings(), hostname="vm1").is_empty()
+
+
+def test_describe_says_what_the_guest_got_without_passwords() -> None:
+    from ccloudvm.proxy import ProxySettings, describe
+
+    got = describe(
+        ProxySettings(http="http://me:secret@10.0.2.2:3128", no_proxy=["localhost", "10.0.2.2"]),
+        propagated=True,
+    )
+    assert got.startswith("http_proxy=http://me:***@10.0.2.2:3128 no_proxy=localhost,10.0.2.2")
+    assert "secret" not in got and "/etc/environment" in got and "apt" in got
+    assert describe(ProxySettings(), propagated=True).startswith("none")
+    assert "--no-proxy-propagation" in describe(
+        ProxySettings(http="http://p:3128"), propagated=False
+    )
