@@ -284,6 +284,17 @@ def cached_images(state: StateDir, broken: list[str] | None = None) -> list[Base
     return [image for _, image in sorted(found, key=lambda pair: (pair[0], pair[1].name))]
 
 
+def find_cached(state: StateDir, disk: str) -> BaseImage | None:
+    """The cached image whose disk is `disk` (an instance's record of its base), if any."""
+    directory = Path(disk).parent
+    if directory.parent != images_dir(state) or not (directory / METADATA).is_file():
+        return None
+    try:
+        return _read_image(directory)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def remove_image(image: BaseImage) -> None:
     """Delete one cached image and its warm-boot snapshots (instances made from it need
     it: check before calling).

@@ -459,17 +459,44 @@ def _warm_snapshot(
     base: images.BaseImage,
     acc: accel.Acceleration,
 ) -> warmboot.Snapshot | None:
-    """The snapshot to start this new instance from, made first if needed; None: boot cold."""
+    """The snapshot to start this new instance from; None: boot cold. A shape without one
+    boots cold (faster than making it first); snapshot_later makes it afterwards."""
     if not inst.mount_slots or not warmboot.enabled():
         return None
     if not warmboot.pad_seed(files.seed):
         ui.info(f"{inst.name}'s cloud-init seed is too big for a warm boot; booting cold")
         return None
-    try:
-        return warmboot.ensure_snapshot(state, base, _machine(state, files, inst, acc))
-    except warmboot.WarmBootFailed as exc:
-        ui.warn(f"no warm-boot snapshot of {base.name} ({exc}); booting {inst.name} cold")
-        return None
+    found = warmboot.find_snapshot(state, base, _machine(state, files, inst, acc))
+    if found is None:
+        ui.info(
+            f"no warm-boot snapshot of {base.name} for {inst.mem_mib} MiB, {inst.cpus} vCPUs yet; booting cold"
+        )
+    return found
+
+
+def snapshot_later(state: StateDir, inst: InstanceState) -> None:
+    """After a create that booted cold for want of a snapshot of its shape (and after its
+    provisioning, so it slows nothing of it): make that snapshot in the background, so the
+    next create of this shape starts warm."""
+    if inst.warm_snapshot or not inst.mount_slots or not inst.image.warm_boot:
+        return
+    if not warmboot.background_enabled():
+        return
+    image = images.find_cached(state, inst.image.disk)
+    if image is None:
+        return
+    files = files_of(state, inst.name)
+    acc = accel.detect(mode=inst.accel_mode, run_dir=state.run, probe_kernel=image.kernel)
+    if warmboot.find_snapshot(state, image, _machine(state, files, inst, acc)) is not None:
+        return  # another create of this shape made it meanwhile
+    tail = ["--mem", str(inst.mem_mib), "--cpus", str(inst.cpus), "--accel", inst.accel_mode]
+    log = warmboot.start_in_background(
+        state, image, [*tail, *(["--nested"] if inst.nested else [])]
+    )
+    ui.info(
+        f"making the warm-boot snapshot for {inst.mem_mib} MiB, {inst.cpus} vCPUs in the "
+        f"background (log: {log}); the next create of this size starts warm"
+    )
 
 
 def _discard_unless_used(state: StateDir, snapshot: warmboot.Snapshot) -> None:
@@ -490,14 +517,28 @@ def prepare_warm_boot(state: StateDir, inst: InstanceState, image: images.BaseIm
 def prepare_default_warm_boot(state: StateDir, image: images.BaseImage) -> None:
     """Make the snapshot a plain `ccloudvm create` (no size flags, no mounts) of `image`
     starts from, right after the image is built, so the very first create is warm."""
+    prepare_shape_warm_boot(state, image)
+
+
+def prepare_shape_warm_boot(
+    state: StateDir,
+    image: images.BaseImage,
+    *,
+    mem_mib: int | None = None,
+    cpus: int | None = None,
+    nested: bool = False,
+    accel_mode: str | None = None,
+) -> None:
+    """Make `image`'s snapshot for instances of this shape (sizes default as create's)."""
     if not (image.warm_boot and warmboot.enabled()):
         return
-    mode = accel.requested_mode(None)
+    mode = accel.requested_mode(accel_mode)
     acc = accel.detect(mode=mode, run_dir=state.run, probe_kernel=image.kernel)
     host = host_resources()
     like = InstanceState(
-        name="ccloudvm-default-shape", workload="", image=_image_ref(image),
-        mem_mib=host.default_mem_mib(acc.is_kvm), cpus=host.default_cpus(acc.is_kvm),
+        name="ccloudvm-shape", workload="", image=_image_ref(image),
+        mem_mib=mem_mib or host.default_mem_mib(acc.is_kvm),
+        cpus=cpus or host.default_cpus(acc.is_kvm), nested=nested,
         disk_gib=DEFAULT_DISK_GIB, host_ip=DEFAULT_PORT_ADDRESS, ssh_port=1,
         guest_user=host_user().guest_name, accel_mode=mode, mount_slots=warmboot.MOUNT_SLOTS,
     )  # fmt: skip

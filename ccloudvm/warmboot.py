@@ -31,6 +31,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -57,6 +59,8 @@ DISK = "disk.qcow2"
 STATE = "state.bin"
 META = "snapshot.json"
 ENV_SWITCH = "CCLOUDVM_WARM_BOOT"  # "0" turns warm boot off (cold boots only)
+# "0": a create of a shape without a snapshot boots cold and makes none afterwards.
+ENV_BACKGROUND = "CCLOUDVM_BACKGROUND_SNAPSHOTS"
 SNAPSHOT_TIMEOUT = 600.0
 RESTORE_TIMEOUT = 120.0
 # A booted guest's memory as saved (zero pages skipped) is rarely less than this.
@@ -162,17 +166,56 @@ def shape_key(template: qemu.MachineConfig, qemu_version: str) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def ensure_snapshot(state: StateDir, image: BaseImage, machine: qemu.MachineConfig) -> Snapshot:
-    """The snapshot for `machine`'s shape of `image`, made first if there is none yet.
-
-    `machine` is the instance's own configuration; only what the guest sees is used.
-    """
+def _shape(
+    state: StateDir, image: BaseImage, machine: qemu.MachineConfig
+) -> tuple[qemu.MachineConfig, str, Path]:
+    """The machine as the snapshot runs it, the QEMU binary, and the snapshot's folder."""
     qemu_bin = require_tool("qemu-system-x86_64")
     template = dataclasses.replace(
         machine, mounts=tuple(pad_mounts(state, [], len(machine.mounts))), ports=()
     )
     version = run([qemu_bin, "--version"]).stdout.splitlines()[0]
     folder = snapshots_dir(state) / image.directory.name / shape_key(template, version)
+    return template, qemu_bin, folder
+
+
+def find_snapshot(
+    state: StateDir, image: BaseImage, machine: qemu.MachineConfig
+) -> Snapshot | None:
+    """The finished snapshot for `machine`'s shape of `image`, if there is one."""
+    _, _, folder = _shape(state, image, machine)
+    return Snapshot(folder) if (folder / META).is_file() else None
+
+
+def background_enabled() -> bool:
+    value = os.environ.get(ENV_BACKGROUND, "1").strip().lower()
+    return enabled() and value not in ("0", "no", "off", "false")
+
+
+def start_in_background(state: StateDir, image: BaseImage, argv_tail: Sequence[str]) -> Path:
+    """Make a snapshot in a detached `ccloudvm image snapshot IMAGE ARGV_TAIL` (which takes
+    the image's snapshot lock, so two never make the same one); return its log file."""
+    folder = snapshots_dir(state) / image.directory.name
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / "background.log"
+    with log.open("ab") as out:
+        out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv_tail)}\n".encode())
+        out.flush()
+        subprocess.Popen(  # noqa: S603 - our own CLI, argv of validated values
+            [sys.executable, "-m", "ccloudvm", "image", "snapshot", image.name, *argv_tail],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+            start_new_session=True,  # survives the create's terminal and Ctrl-C
+            env={**os.environ, "CCLOUDVM_HOME": str(state.root)},
+        )  # fmt: skip
+    return log
+
+
+def ensure_snapshot(state: StateDir, image: BaseImage, machine: qemu.MachineConfig) -> Snapshot:
+    """The snapshot for `machine`'s shape of `image`, made first if there is none yet.
+
+    `machine` is the instance's own configuration; only what the guest sees is used.
+    """
+    template, qemu_bin, folder = _shape(state, image, machine)
     if (folder / META).is_file():
         return Snapshot(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)

@@ -190,7 +190,9 @@ def _preflight(state: StateDir, request: instance.CreateRequest, workload: Workl
 def create(state: StateDir, ref: str, options: CreateOptions) -> InstanceState:
     request, workload = build_request(state, ref, options)
     try:
-        return _create(state, ref, options, request, workload)
+        inst = _create(state, ref, options, request, workload)
+        instance.snapshot_later(state, inst)  # after provisioning: it slows nothing of it
+        return inst
     except KeyboardInterrupt as exc:
         if isinstance(exc, CreateInterrupted):
             raise

@@ -10,7 +10,9 @@ exercises the real download path: SHA256SUMS, sha256 check, and resume.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -79,7 +81,9 @@ class CLI:
 
     def __init__(self, home: Path) -> None:
         self.home = home
-        self.env = {**os.environ, "CCLOUDVM_HOME": str(home)}
+        # Background snapshot jobs only where a test asks for them (env=...): elsewhere
+        # they would compete for the CPUs with the test's next steps.
+        self.env = {**os.environ, "CCLOUDVM_HOME": str(home), "CCLOUDVM_BACKGROUND_SNAPSHOTS": "0"}
 
     def __call__(
         self,
@@ -117,6 +121,24 @@ def cli(tmp_path: Path, served_image: ServedImage) -> Iterator[CLI]:
     try:
         yield runner
     finally:
-        # Whatever happened, leave no VM behind.
+        # Whatever happened, leave no VM behind, nor a background snapshot job.
         for name in runner.instances():
             runner("delete", name, check=False, timeout=120)
+        stop_processes_of(home)
+
+
+def stop_processes_of(home: Path) -> None:
+    """Kill every process whose command line names `home` or whose CCLOUDVM_HOME is it
+    (a detached `ccloudvm image snapshot` job and the QEMU it runs)."""
+    marker = str(home).encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            environ = (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker in cmdline or b"CCLOUDVM_HOME=" + marker + b"\0" in environ:
+            with contextlib.suppress(OSError):
+                os.kill(int(proc.name), signal.SIGKILL)

@@ -4,6 +4,7 @@ and seed size that make instances look alike to the guest, and when it applies."
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,31 @@ def test_a_snapshot_boot_killed_half_way_is_cleaned_up_next_time(tmp_path: Path)
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_background_snapshots_follow_their_switch_and_warm_boot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(warmboot.ENV_BACKGROUND, raising=False)
+    monkeypatch.delenv(warmboot.ENV_SWITCH, raising=False)
+    assert warmboot.background_enabled()
+    monkeypatch.setenv(warmboot.ENV_BACKGROUND, "0")
+    assert not warmboot.background_enabled()
+    monkeypatch.setenv(warmboot.ENV_BACKGROUND, "1")
+    monkeypatch.setenv(warmboot.ENV_SWITCH, "off")
+    assert not warmboot.background_enabled()  # no warm boot: no snapshots at all
+
+
+def test_a_background_job_is_detached_and_logs_its_outcome(tmp_path: Path) -> None:
+    state = StateDir(tmp_path)
+    image = BaseImage(
+        name="no-such-image", key="k", directory=tmp_path / "cache/images/no-such-image-k",
+        disk=tmp_path / "d", kernel=None, initrd=None, cmdline=None, kind="saved",
+    )  # fmt: skip
+    log = warmboot.start_in_background(state, image, ["--mem", "1024", "--cpus", "1"])
+    deadline = time.monotonic() + 60
+    while "error:" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    text = log.read_text()
+    assert "--mem 1024 --cpus 1" in text.splitlines()[0]
+    assert "no-such-image" in text and "Traceback" not in text, text
