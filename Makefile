@@ -60,7 +60,9 @@ lint: venv
 	$(VENV)/bin/ruff format --check ccloudvm tests bench
 	$(VENV)/bin/mypy
 
+# Figures, never assertions: the new user's path (issue 10), then the boot benchmark.
 bench: setup
+	$(PY) bench/user_path.py
 	$(PY) bench/boot.py
 
 clean:
