@@ -322,10 +322,16 @@ def write_guest_file(root: Path, path: str, text: str, mode: int = 0o644) -> Non
         if current.is_symlink():
             raise CcloudvmError(f"cannot write {path} in the image: {current} is a symlink")
         current.mkdir(mode=0o755, exist_ok=True)
-    if target.is_symlink():
-        target.unlink()  # replace the link itself, never write through it
-    target.write_text(text)
-    target.chmod(mode)
+    try:
+        if target.is_symlink():
+            target.unlink()  # replace the link itself, never write through it
+        target.write_text(text)
+        target.chmod(mode)
+    except PermissionError as exc:  # rootless: a folder of another system user in the tree
+        raise CcloudvmError(
+            f"cannot write {path} in the image: {exc.strerror}",
+            hint="recipe files can go where root owns the folder (/etc, /usr, ...)",
+        ) from exc
 
 
 def find_boot_files(root: Path) -> tuple[Path, Path]:

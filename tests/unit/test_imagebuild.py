@@ -366,3 +366,16 @@ def test_remove_image_undoes_the_first_rename_when_the_second_fails(
     assert (image.directory / "vmlinuz").exists()
     assert (tmp_path / "warm" / image.directory.name / "2x1024/state.qcow2").exists()
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_a_guest_file_the_user_may_not_write_is_said_plainly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "var/lib/polkit-1").mkdir(parents=True)
+
+    def denied(self: Path, text: str) -> int:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "write_text", denied)
+    with pytest.raises(CcloudvmError, match="cannot write /var/lib/polkit-1/x in the image"):
+        imagebuild.write_guest_file(tmp_path, "/var/lib/polkit-1/x", "y")
