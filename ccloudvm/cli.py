@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -311,34 +312,68 @@ def status(name: str | None, as_json: bool) -> None:
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option(
+    "-t",
+    "--tty",
+    "tty",
+    flag_value=True,
+    default=None,
+    help="Give the command a terminal (default: when stdin and stdout are ones).",
+)
+@click.option("-T", "--no-tty", "tty", flag_value=False, help="Never give it a terminal.")
+@click.option("-w", "--workdir", metavar="DIR", help="Run it in this guest folder.")
 @click.argument("name")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def run(name: str, command: tuple[str, ...]) -> None:
-    """Run COMMAND in the instance; its output and exit status become ours.
+def run(name: str, tty: bool | None, workdir: str | None, command: tuple[str, ...]) -> NoReturn:
+    """Run COMMAND in the instance as over ssh: stdin passed in, stdout and stderr kept
+    apart, its exit status ours; a terminal (-t) for commands that want one.
 
     \b
-    Example: ccloudvm run dev -- uname -a
+    Examples: ccloudvm run dev -- uname -a
+              cat notes.txt | ccloudvm run dev -- tee notes.txt
+              ccloudvm run dev -t -- sudo apt upgrade
     """
-    from ccloudvm import instance
-
     argv = list(command)
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv:
         raise UsageError("no command given", hint=f"for example: ccloudvm run {name} -- uname -a")
-    with instance.connect_target(_state(), name) as target:
-        code = target.run(argv, output=lambda line: click.echo(line))
-    sys.exit(code)
+    if tty is None:
+        tty = sys.stdin.isatty() and sys.stdout.isatty()
+    _exec_ssh(name, argv, tty=tty, workdir=workdir)
 
 
-@cli.command()
-@click.argument("name", required=False)
-def connect(name: str | None) -> NoReturn:
-    """Open an interactive shell in the instance (system ssh, host key pinned)."""
+def _exec_ssh(
+    name: str, argv: list[str] | None, *, tty: bool, workdir: str | None = None
+) -> NoReturn:
+    """Become the system ssh to the instance (host key pinned): it passes stdin, stderr,
+    terminals, signals and the exit status on as a user expects of ssh."""
     from ccloudvm import instance
 
-    argv = instance.ssh_argv(_state(), _pick_instance(name))
-    os.execv(argv[0], argv)  # noqa: S606 - argv list built by us, no shell
+    remote = None
+    if argv:
+        # ssh hands the guest's shell one string: every word quoted, as over plain ssh.
+        remote = shlex.join(argv)
+        if workdir:
+            remote = f"cd -- {shlex.quote(workdir)} && exec {remote}"
+    ssh = instance.ssh_argv(_state(), name, [remote] if remote else None, tty=tty)
+    os.execv(ssh[0], ssh)  # noqa: S606 - argv list built by us, no local shell
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("name", required=False)
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def connect(name: str | None, command: tuple[str, ...]) -> NoReturn:
+    """Open an interactive shell in the instance (system ssh, host key pinned), or run
+    COMMAND there with a terminal: ccloudvm connect dev -- htop. Also: 'shell'."""
+    argv = list(command)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    # Without a command ssh decides itself (a terminal when stdin is one).
+    _exec_ssh(_pick_instance(name), argv or None, tty=bool(argv))
+
+
+cli.add_command(connect, "shell")
 
 
 @cli.command("ssh-config")

@@ -666,8 +666,11 @@ def connect_target(state: StateDir, name: str) -> SSHTarget:
     return ssh_target_for(state, inst, deadline=time.monotonic() + 20)
 
 
-def ssh_argv(state: StateDir, name: str, command: list[str] | None = None) -> list[str]:
-    """The system ssh command line for an interactive session, host key pinned."""
+def ssh_argv(
+    state: StateDir, name: str, command: list[str] | None = None, *, tty: bool = False
+) -> list[str]:
+    """The system ssh command line, host key pinned: an interactive session, or `command`
+    (words ssh joins with spaces: quote them first) with a terminal if `tty`."""
     inst = load_state(state, name)
     files = files_of(state, name)
     _require_running(files, name)
@@ -678,6 +681,10 @@ def ssh_argv(state: StateDir, name: str, command: list[str] | None = None) -> li
         "-o", "LogLevel=ERROR",
         "-p", str(inst.ssh_port), f"{inst.guest_user}@{inst.host_ip}",
     ]  # fmt: skip
+    if tty:
+        argv.insert(1, "-tt")  # asked for: a terminal even when stdin is not one
+    elif command:
+        argv.insert(1, "-T")
     if command:
         argv += ["--", *command]
     return argv

@@ -91,11 +91,13 @@ class CLI:
         check: bool = True,
         timeout: float = 1200,
         env: dict[str, str] | None = None,
+        input: str | None = None,  # noqa: A002 - subprocess's own name
     ) -> Result:
         proc = subprocess.run(  # noqa: S603 - test harness, fixed argv
             [sys.executable, "-m", "ccloudvm", *args],
             env={**self.env, **(env or {})},
-            stdin=subprocess.DEVNULL,
+            input=input,
+            stdin=subprocess.DEVNULL if input is None else None,
             capture_output=True,
             text=True,
             timeout=timeout,

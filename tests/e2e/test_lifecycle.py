@@ -89,6 +89,11 @@ def test_instance_lifecycle(cli: CLI, tmp_path: Path, served_image) -> None:  # 
     uname = cli("run", NAME, "--", "uname", "-s")
     assert uname.out.strip() == "Linux"
     assert cli("run", NAME, "--", "sh", "-c", "exit 7", check=False).code == 7
+    # as over ssh: stdin passed in, stderr apart from stdout, a terminal when asked for
+    piped = cli("run", NAME, "--", "sh", "-c", "tr a-z A-Z; echo oops >&2", input="piped in\n")
+    assert piped.out == "PIPED IN\n" and piped.err.strip() == "oops"
+    assert cli("run", NAME, "-t", "--", "tty").out.strip().startswith("/dev/pts/")
+    assert cli("run", NAME, "-w", "/etc", "--", "pwd").out.strip() == "/etc"
     assert cli("run", NAME, "--", "hostname").out.strip() == NAME
 
     # 9p: read what the host wrote, write a file the host sees

@@ -102,3 +102,39 @@ def test_ssh_config_stanza_is_what_ssh_reads(state: StateDir, tmp_path: Path) ->
     config_file.write_text(stanza)
     assert SSH is not None
     _assert_pinned_and_ours_only(_resolved([SSH, "-F", str(config_file), "dev"]), state)
+
+
+def _exec_of(monkeypatch: pytest.MonkeyPatch, state: StateDir, *args: str) -> list[str]:
+    """The argv `ccloudvm ARGS` would become (os.execv stood in for)."""
+    from ccloudvm import cli
+
+    became: list[list[str]] = []
+
+    def execv(path: str, argv: list[str]) -> None:
+        became.append(argv)
+        raise SystemExit(0)
+
+    monkeypatch.setenv("CCLOUDVM_HOME", str(state.root))
+    monkeypatch.setattr(cli.os, "execv", execv)
+    with pytest.raises(SystemExit):
+        cli.main(list(args))
+    return became[0]
+
+
+def test_run_quotes_every_word_and_keeps_streams_apart(
+    monkeypatch: pytest.MonkeyPatch, state: StateDir, running: None
+) -> None:
+    argv = _exec_of(monkeypatch, state, "run", "dev", "--", "echo", "a b", "$(id)", ";x")
+    assert "-T" in argv and "-tt" not in argv  # no terminal asked for, none given
+    assert argv[-2:] == ["--", "echo 'a b' '$(id)' ';x'"]  # one string, each word quoted
+    argv = _exec_of(monkeypatch, state, "run", "-t", "-w", "/srv/my app", "dev", "--", "top")
+    assert "-tt" in argv and argv[-1] == "cd -- '/srv/my app' && exec top"
+
+
+def test_connect_with_a_command_gets_a_terminal_and_shell_is_its_alias(
+    monkeypatch: pytest.MonkeyPatch, state: StateDir, running: None
+) -> None:
+    argv = _exec_of(monkeypatch, state, "shell", "dev", "--", "htop")
+    assert "-tt" in argv and argv[-2:] == ["--", "htop"]
+    interactive = _exec_of(monkeypatch, state, "connect", "dev")
+    assert not {"-t", "-tt", "-T"} & set(interactive)
