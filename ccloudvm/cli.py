@@ -391,21 +391,25 @@ def ssh_config(name: str | None) -> None:
 
 @cli.command()
 @click.argument("name")
-@click.argument("source")
-@click.argument("dest")
+@click.argument("paths", nargs=-1, required=True, metavar="SOURCE... DEST")
 @click.option("-r", "--recursive", is_flag=True, help="Copy folders.")
-def copy(name: str, source: str, dest: str, recursive: bool) -> None:
+def copy(name: str, paths: tuple[str, ...], recursive: bool) -> None:
     """Copy files between the host and the instance; guest paths start with ':'.
 
     \b
     ccloudvm copy dev ./file :/tmp/          host -> guest
     ccloudvm copy dev :/etc/os-release .     guest -> host
     ccloudvm copy dev -r ./src :/home/me/src folders
+    ccloudvm copy dev a.txt b.txt :/tmp/     several, into a folder (as scp)
     """
     from ccloudvm import instance, transfer
 
+    if len(paths) < 2:
+        raise UsageError(
+            "give SOURCE... and DEST", hint="for example 'ccloudvm copy dev ./file :/tmp/'"
+        )
     with instance.connect_target(_state(), name) as target:
-        transfer.copy(target, source, dest, recursive=recursive)
+        transfer.copy_many(target, list(paths[:-1]), paths[-1], recursive=recursive)
 
 
 @cli.command()

@@ -27,6 +27,35 @@ def copy(target: SSHTarget, source: str, dest: str, *, recursive: bool) -> None:
         _to_host(target, src_guest, Path(dest).expanduser(), recursive)
 
 
+def copy_many(target: SSHTarget, sources: list[str], dest: str, *, recursive: bool) -> None:
+    """Several SOURCEs into folder DEST, as scp does: all sources on one side, DEST on the
+    other and a folder that exists (checked before anything is copied)."""
+    if len(sources) == 1:
+        copy(target, sources[0], dest, recursive=recursive)
+        return
+    sides = {_guest(s) is None for s in sources}
+    if len(sides) != 1 or (_guest(dest) is None) in sides:
+        raise UsageError(
+            "the SOURCEs must all be on one side and DEST on the other (guest paths start with ':')",
+            hint="for example 'ccloudvm copy dev a.txt b.txt :/tmp/'",
+        )
+    dest_guest = _guest(dest)
+    is_folder = (
+        target.is_dir(dest_guest or ".")
+        if dest_guest is not None
+        else Path(dest).expanduser().is_dir()
+    )
+    if not is_folder:
+        raise UsageError(
+            f"{dest} is not a folder", hint="several SOURCEs go into a folder that exists"
+        )
+    for source in sources:
+        if _guest(source) is None and not Path(source).expanduser().exists():
+            raise UsageError(f"{source} does not exist")  # before anything is copied
+    for source in sources:
+        copy(target, source, dest, recursive=recursive)
+
+
 def _to_guest(target: SSHTarget, local: Path, remote: str, recursive: bool) -> None:
     if not local.exists():
         raise UsageError(f"{local} does not exist")

@@ -121,6 +121,12 @@ def test_instance_lifecycle(cli: CLI, tmp_path: Path, served_image) -> None:  # 
     local.write_text("uploaded\n")
     cli("copy", NAME, str(local), ":/tmp/")
     assert cli("run", NAME, "--", "cat", "/tmp/up.txt").out == "uploaded\n"
+    second = tmp_path / "second.txt"
+    second.write_text("second\n")
+    cli("copy", NAME, str(local), str(second), ":/var/tmp/")  # several sources, as scp
+    assert cli("run", NAME, "--", "cat", "/var/tmp/up.txt", "/var/tmp/second.txt").out == (
+        "uploaded\nsecond\n"
+    )
     tree = tmp_path / "tree"
     (tree / "sub").mkdir(parents=True)
     (tree / "sub" / "f.txt").write_text("in a folder\n")

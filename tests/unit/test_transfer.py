@@ -67,3 +67,36 @@ def test_guest_to_host_into_a_folder(tmp_path: Path) -> None:
 def test_missing_local_source(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="does not exist"):
         transfer.copy(_Recorder(), str(tmp_path / "nope"), ":/tmp/", recursive=False)  # type: ignore[arg-type]
+
+
+def test_several_sources_go_into_a_folder_that_exists(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("a")
+    b.write_text("b")
+    target = _Recorder({"/tmp"})
+    transfer.copy_many(target, [str(a), str(b)], ":/tmp", recursive=False)  # type: ignore[arg-type]
+    assert target.calls == [
+        ("put_file", "a.txt", "/tmp/a.txt"),
+        ("put_file", "b.txt", "/tmp/b.txt"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("sources", "dest", "problem"),
+    [
+        (["a.txt", ":/etc/hosts"], ":/tmp", "all be on one side"),
+        ([":/etc/hosts", ":/etc/passwd"], ":/tmp", "all be on one side"),
+        (["a.txt", "b.txt"], ":/tmp/new-name", "is not a folder"),
+        (["a.txt", "missing.txt"], ":/tmp", "missing.txt does not exist"),
+    ],
+)
+def test_several_sources_are_checked_before_anything_is_copied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sources: list[str], dest: str, problem: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.txt").write_text("a")
+    (tmp_path / "b.txt").write_text("b")
+    target = _Recorder({"/tmp"})
+    with pytest.raises(UsageError, match=problem):
+        transfer.copy_many(target, sources, dest, recursive=False)  # type: ignore[arg-type]
+    assert target.calls == []
