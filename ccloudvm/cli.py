@@ -180,6 +180,16 @@ def create(workload: str, name: str | None, mem: int | None, cpus: int | None, d
     ui.info(f"\nConnect with: ccloudvm connect {inst.name}   (or: ccloudvm run {inst.name} -- CMD)")
 
 
+def _resize_options(command: Any) -> Any:
+    for option in reversed((
+        click.option("--mem", type=int, help="New memory size in MiB."),
+        click.option("--cpus", type=int, help="New number of vCPUs."),
+        click.option("--disk", type=int, help="New disk size in GiB (it only grows)."),
+    )):  # fmt: skip
+        command = option(command)
+    return command
+
+
 @cli.command()
 @click.argument("name", required=False)
 @click.option("--timeout", type=float, default=defaults.BOOT_TIMEOUT, show_default=True)
@@ -188,14 +198,35 @@ def create(workload: str, name: str | None, mem: int | None, cpus: int | None, d
     type=click.Choice(["auto", "kvm", "tcg"]),
     help="Accelerator for this and later boots (default: what create chose, or $CCLOUDVM_ACCEL).",
 )
-def start(name: str | None, timeout: float, accel: str | None) -> None:
-    """Boot a stopped instance (also recovers one whose QEMU died)."""
+@_resize_options
+def start(
+    name: str | None, timeout: float, accel: str | None, mem: int | None, cpus: int | None,
+    disk: int | None,
+) -> None:  # fmt: skip
+    """Boot a stopped instance (also recovers one whose QEMU died). --mem, --cpus and
+    --disk resize it first, for this and later boots (a disk only grows)."""
     from ccloudvm import accel as accel_mod
     from ccloudvm import instance
 
     chosen = accel or os.environ.get(accel_mod.ENV_ACCEL)
     mode = accel_mod.requested_mode(chosen) if chosen else None
-    instance.start(_state(), _pick_instance(name), timeout, accel_mode=mode)
+    resize = instance.Resize(mem_mib=mem, cpus=cpus, disk_gib=disk)
+    instance.start(_state(), _pick_instance(name), timeout, accel_mode=mode, resize=resize)
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--timeout", type=float, default=defaults.BOOT_TIMEOUT, show_default=True)
+@_resize_options
+def restart(
+    name: str | None, timeout: float, mem: int | None, cpus: int | None, disk: int | None
+) -> None:
+    """Stop the instance politely and start it again; --mem, --cpus and --disk resize it
+    in between (kept for later boots; a disk only grows)."""
+    from ccloudvm import instance
+
+    resize = instance.Resize(mem_mib=mem, cpus=cpus, disk_gib=disk)
+    instance.restart(_state(), _pick_instance(name), timeout, resize=resize)
 
 
 @cli.command()

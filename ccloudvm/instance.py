@@ -574,23 +574,80 @@ def _make_overlay(
     run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", backing, disk, *size])
 
 
+@dataclass(frozen=True)
+class Resize:
+    """New sizes for a stopped instance (None: keep)."""
+
+    mem_mib: int | None = None
+    cpus: int | None = None
+    disk_gib: int | None = None
+
+    def __bool__(self) -> bool:
+        return any(v is not None for v in (self.mem_mib, self.cpus, self.disk_gib))
+
+
 def start(
-    state: StateDir, name: str, timeout: float = BOOT_TIMEOUT, accel_mode: str | None = None
+    state: StateDir,
+    name: str,
+    timeout: float = BOOT_TIMEOUT,
+    accel_mode: str | None = None,
+    resize: Resize = Resize(),  # noqa: B008 - immutable
 ) -> InstanceState:
-    """Boot a stopped instance; `accel_mode` (auto, kvm, tcg) replaces the saved choice."""
+    """Boot a stopped instance; `accel_mode` (auto, kvm, tcg) replaces the saved choice,
+    `resize` its sizes (kept for later boots; a disk only grows)."""
     files = files_of(state, name)
     load_state(state, name)  # a missing instance fails here, before a lock file is made
     with instance_lock(files):
         inst = load_state(state, name)  # as it is now, not before the lock
         if process.running_pid(files.pidfile, files.dir) is not None:
+            if resize:
+                raise StateError(
+                    f"{name} is running; its sizes change only while it is stopped",
+                    hint=f"'ccloudvm restart {name}' with the same options stops and starts it",
+                )
             ui.info(f"{name} is already running")
             return inst
+        if resize:
+            _resize(files, inst, resize)
         if accel_mode is not None:
             inst.accel_mode = accel_mode
         _launch(state, files, inst)
         _wait_ready(state, files, inst, timeout).close()
         clear_creating(files)  # a create that failed is fixed by a start that gets ready
         return inst
+
+
+def _resize(files: InstanceFiles, inst: InstanceState, resize: Resize) -> None:
+    """Apply new sizes to a stopped instance: checked first, then the disk grown, then
+    the record saved (cloud-init grows the file system at the next boot)."""
+    request = CreateRequest(
+        workload=inst.workload, image=inst.image.name,
+        mem_mib=resize.mem_mib or inst.mem_mib, cpus=resize.cpus or inst.cpus,
+        disk_gib=resize.disk_gib or inst.disk_gib,
+    )  # fmt: skip
+    mem, cpus, disk = _check_sizes(request)
+    current = _disk_virtual_size_gib(files.disk)
+    if resize.disk_gib is not None and disk < current:
+        raise UsageError(
+            f"--disk {disk} GiB is smaller than {inst.name}'s disk ({current:.0f} GiB)",
+            hint="a disk only grows: give a size of at least the current one",
+        )
+    if resize.disk_gib is not None and disk > current:
+        run(["qemu-img", "resize", "-q", files.disk, f"{disk}G"])
+    inst.mem_mib, inst.cpus, inst.disk_gib = mem, cpus, disk
+    save_state(files, inst)
+    ui.info(f"{inst.name}: {mem} MiB, {cpus} vCPUs, {disk} GiB disk")
+
+
+def restart(
+    state: StateDir,
+    name: str,
+    timeout: float = BOOT_TIMEOUT,
+    resize: Resize = Resize(),  # noqa: B008 - immutable
+) -> InstanceState:
+    """Stop the instance politely (if it runs) and start it again, resized if asked."""
+    stop(state, name)
+    return start(state, name, timeout, resize=resize)
 
 
 def _require_running(files: InstanceFiles, name: str) -> int:

@@ -145,8 +145,18 @@ def test_instance_lifecycle(cli: CLI, tmp_path: Path, served_image) -> None:  # 
     assert json.loads(cli("status", NAME, "--json").out)["state"] == "stopped"
     assert not _qemu_pids(instance_dir)
     assert cli("run", NAME, "--", "true", check=False).code != 0
-    cli("start", NAME, "--accel", "tcg")  # the accelerator can be chosen again at start
+    # a disk never shrinks; the refusal changes nothing
+    smaller = cli("start", NAME, "--disk", "4", check=False)
+    assert smaller.code == 2 and "only grows" in smaller.err and "Traceback" not in smaller.err
+    # the accelerator can be chosen again at start, and the sizes changed (kept from now on)
+    cli("start", NAME, "--accel", "tcg", "--mem", "1280", "--disk", "9")
     assert cli("run", NAME, "--", "cat", "keep.txt").out.strip() == "persistent"
+    df = cli("run", NAME, "--", "df", "--block-size=1M", "--output=size", "/").out.split()
+    assert 8 * 1024 < int(df[-1]) <= 9 * 1024, df  # cloud-init grew the file system
+    meminfo = cli("run", NAME, "--", "grep", "MemTotal", "/proc/meminfo").out.split()
+    assert 1100 * 1024 < int(meminfo[1]) <= 1280 * 1024, meminfo
+    resized = json.loads(cli("status", NAME, "--json").out)
+    assert (resized["mem_mib"], resized["disk_gib"]) == (1280, 9)
     assert "hello from the host" in cli("run", NAME, "--", "cat", "/mnt/shared/from-host.txt").out
 
     # QEMU killed behind our back: status says so, start recovers
