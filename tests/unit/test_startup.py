@@ -1,0 +1,38 @@
+"""Start-up stays light (issues 9 and 10): the command line, and the commands that only
+read state, load none of the heavy libraries; the commands that need them load them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+HEAVY = ("paramiko", "jinja2", "requests", "qemu.qmp", "pycdlib", "rich.progress")
+
+
+def _loaded_after(code: str, home: Path) -> set[str]:
+    probe = f"{code}\nimport sys, json\nprint(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run(  # noqa: S603 - fixed argv
+        [sys.executable, "-c", probe],
+        env={**os.environ, "CCLOUDVM_HOME": str(home)},
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return set(json.loads(out.splitlines()[-1]))
+
+
+def test_importing_the_cli_loads_no_heavy_library(tmp_path: Path) -> None:
+    loaded = _loaded_after("import ccloudvm.cli", tmp_path)
+    assert not [name for name in HEAVY if name in loaded]
+
+
+def test_help_and_instances_load_no_heavy_library(tmp_path: Path) -> None:
+    for argv in (["--help"], ["instances"], ["instances", "--json"]):
+        code = (
+            "import contextlib, io, ccloudvm.cli\n"
+            "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+            f"    ccloudvm.cli.main({argv!r})"
+        )
+        loaded = _loaded_after(code, tmp_path)
+        assert not [name for name in HEAVY if name in loaded], argv
