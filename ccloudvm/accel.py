@@ -11,12 +11,12 @@ from __future__ import annotations
 import grp
 import json
 import os
-import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ccloudvm.errors import UsageError
+from ccloudvm import proc
+from ccloudvm.errors import CcloudvmError, UsageError
 from ccloudvm.proc import require_tool
 
 ENV_ACCEL = "CCLOUDVM_ACCEL"
@@ -114,15 +114,14 @@ def boot_probe(kernel: Path, timeout: float = PROBE_TIMEOUT) -> tuple[bool, str]
     ]  # fmt: skip
     start = time.monotonic()
     try:
-        result = subprocess.run(  # noqa: S603 - fixed argv
-            argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-            timeout=timeout, check=False,
-        )  # fmt: skip
-    except subprocess.TimeoutExpired:
+        result = proc.run(argv, check=False, timeout=timeout)  # console and QEMU's errors
+    except CcloudvmError:  # it did not finish: a guest hung under KVM
         return False, f"a test guest did not boot under KVM within {timeout:.0f} s"
     if "Kernel panic" in result.stdout or "VFS" in result.stdout:
         return True, f"a test guest booted under KVM in {time.monotonic() - start:.1f} s"
-    return False, "a test guest failed under KVM: " + (result.stderr.strip()[-200:] or "no output")
+    qemu_said = [line for line in result.stdout.splitlines() if "qemu" in line.lower()]
+    tail = "\n".join(qemu_said).strip()[-200:] or result.stdout.strip()[-200:]
+    return False, "a test guest failed under KVM: " + (tail or "no output")
 
 
 def _boot_id() -> str:

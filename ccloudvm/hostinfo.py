@@ -6,10 +6,10 @@ import grp
 import os
 import pwd
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from ccloudvm import proc
 from ccloudvm.errors import CcloudvmError
 
 # When the host user is root (CI, containers), the guest gets this ordinary user instead
@@ -54,13 +54,7 @@ def _git_config(key: str) -> str:
     git = shutil.which("git")
     if git is None:
         return ""
-    result = subprocess.run(  # noqa: S603 - fixed argv
-        [git, "config", "--global", "--get", key],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = proc.run([git, "config", "--global", "--get", key], check=False)
     return result.stdout.strip() if result.returncode == 0 else ""
 
 

@@ -6,7 +6,9 @@ and sudo is `sudo -n` (never a password prompt) unless we already are root.
 
 from __future__ import annotations
 
+import logging
 import os
+import shlex
 import shutil
 import subprocess
 import threading
@@ -16,6 +18,8 @@ from pathlib import Path
 from ccloudvm.errors import CcloudvmError
 from ccloudvm.proc import require_tool
 from ccloudvm.target import OutputSink
+
+log = logging.getLogger("ccloudvm.proc")  # every host program is logged under one name
 
 
 class LocalTarget:
@@ -43,6 +47,7 @@ class LocalTarget:
             args = [require_tool("sudo"), "-n", "env", *extra, *args]
         else:
             args[0] = require_tool(args[0]) if "/" not in args[0] else args[0]
+        log.debug("run: %s", shlex.join(args))
         proc = subprocess.Popen(  # noqa: S603 - argv list, never a shell string
             args,
             stdin=subprocess.DEVNULL,
