@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ccloudvm.errors import CcloudvmError
 from ccloudvm.proc import require_tool
-from ccloudvm.target import OutputSink
+from ccloudvm.target import OutputSink, check_env_names
 
 log = logging.getLogger("ccloudvm.proc")  # every host program is logged under one name
 
@@ -38,6 +38,7 @@ class LocalTarget:
         timeout: float | None = None,
     ) -> int:
         args = list(argv)
+        check_env_names(env)  # they become `env K=V` words under sudo
         full_env = dict(os.environ)
         if env:
             full_env.update(env)

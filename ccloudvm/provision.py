@@ -21,7 +21,7 @@ from typing import Any
 
 from ccloudvm import ui
 from ccloudvm.errors import CcloudvmError, UsageError
-from ccloudvm.target import OutputSink, Target
+from ccloudvm.target import OutputSink, Target, check_env_names
 from ccloudvm.templating import WORKDIR_VAR, Download, refuse_private_url, shell_path
 from ccloudvm.workload import Check, ProvisionStep
 
@@ -126,11 +126,6 @@ def _workdir(target: Target) -> Iterator[_Workdir]:
         work.remove()
 
 
-# What an environment variable's name may be: a shell identifier. Anything else could
-# end the `export` line and start a command of its own.
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
 def _one_line(text: str) -> str:
     """`text` with control characters (newlines above all) turned into spaces, so a step's
     name can stand in the script's comment line and never become a line of its own."""
@@ -141,12 +136,7 @@ def _script(
     work: _Workdir, body: str, env: Mapping[str, str], title: str, *, cd_home: bool = True
 ) -> str:
     """The script a step or check runs as: names and values are data, only `body` is code."""
-    for key in env:
-        if not _ENV_NAME.fullmatch(key):
-            raise UsageError(
-                f"environment variable name {key!r} in {_one_line(title)!r} is not valid",
-                hint="names are letters, digits and _ and do not start with a digit",
-            )
+    check_env_names(env, f" in {_one_line(title)!r}")
     lines = [
         "#!/bin/bash",
         f"# ccloudvm: {_one_line(title)}",

@@ -17,7 +17,6 @@ import hashlib
 import io
 import os
 import posixpath
-import re
 import shlex
 import socket
 import stat
@@ -31,13 +30,12 @@ from typing import IO
 import paramiko
 
 from ccloudvm.errors import CcloudvmError, UsageError
-from ccloudvm.target import OutputSink
+from ccloudvm.target import OutputSink, check_env_names
 
 KEEPALIVE_SECONDS = 15
 RETRY_PAUSE = 0.5
 _CHUNK = 32768
 _POLL = 0.2
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class HostKeyMismatchError(CcloudvmError):
@@ -84,9 +82,7 @@ def build_command(
     if sudo:
         words += ["sudo", "-n", "-E"]
     if env:
-        for key in env:
-            if not _ENV_NAME.fullmatch(key):
-                raise UsageError(f"invalid environment variable name {key!r}")
+        check_env_names(env)
         words += ["env", *(f"{key}={value}" for key, value in env.items())]
     return shlex.join(words + list(argv))
 

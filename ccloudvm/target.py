@@ -6,12 +6,29 @@ run unchanged in a VM and on the host.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
+from ccloudvm.errors import UsageError
+
 OutputSink = Callable[[str], None]
 """Receives the command's output line by line (stdout and stderr merged)."""
+
+# What an environment variable's name may be: a shell identifier. Anything else could
+# end an `export` or `env K=V` word and start a command of its own.
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def check_env_names(env: Mapping[str, str] | None, where: str = "") -> None:
+    """Refuse an environment whose names are not shell identifiers (one line)."""
+    for key in env or {}:
+        if not _ENV_NAME.fullmatch(key):
+            raise UsageError(
+                f"environment variable name {key!r}{where} is not valid",
+                hint="names are letters, digits and _ and do not start with a digit",
+            )
 
 
 class Target(Protocol):

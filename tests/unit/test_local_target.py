@@ -91,3 +91,11 @@ def test_put_text_and_put_file_set_mode(tmp_path: Path) -> None:
     target.put_file(script, str(copy), mode=0o640)
     assert copy.read_text() == "echo hi\n"
     assert stat.S_IMODE(copy.stat().st_mode) == 0o640
+
+
+def test_an_environment_name_that_is_not_an_identifier_is_refused() -> None:
+    from ccloudvm.errors import UsageError
+    from ccloudvm.local_target import LocalTarget
+
+    with pytest.raises(UsageError, match="is not valid"):
+        LocalTarget().run(["true"], env={"A;touch /tmp/x": "1"}, sudo=True)
