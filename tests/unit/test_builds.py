@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -12,15 +11,7 @@ from ccloudvm import builds, images
 from ccloudvm.errors import NotFoundError, StateError
 from ccloudvm.instance_state import ImageRef, InstanceFiles, InstanceState, save_state
 from ccloudvm.paths import StateDir
-
-
-def _cached(state: StateDir, name: str, kind: str, key: str) -> Path:
-    directory = images.images_dir(state) / f"{name}-{key}"
-    directory.mkdir(parents=True)
-    (directory / images.DISK).write_bytes(b"qcow2")
-    meta = {"name": name, "kind": kind, "key": key, "created": time.time()}
-    (directory / images.METADATA).write_text(json.dumps(meta))
-    return directory
+from tests.support.cache import cached_image as _cached
 
 
 def _instance_on(state: StateDir, name: str, disk: Path) -> None:

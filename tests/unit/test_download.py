@@ -20,11 +20,7 @@ PAYLOAD = bytes(range(256)) * 4096  # 1 MiB, not all one byte value
 DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
 
 
-@pytest.fixture(autouse=True)
-def no_host_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.upper(), raising=False)
+pytestmark = pytest.mark.usefixtures("no_host_proxy")
 
 
 @pytest.fixture()

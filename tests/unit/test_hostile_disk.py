@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -23,17 +22,14 @@ from ccloudvm.errors import CcloudvmError
 from ccloudvm.imagebuild import BuildRecipe
 from ccloudvm.paths import StateDir
 from ccloudvm.proc import CommandFailed
+from tests.support.cache import cached_image as _cached
 from tests.support.httpserver import FileServer, serve_directory
 
 PAYLOAD = b"0123456789abcdef" * 65536  # 1 MiB
 NO_SPACE = "free some or set CCLOUDVM_HOME"
 
 
-@pytest.fixture(autouse=True)
-def no_host_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.upper(), raising=False)
+pytestmark = pytest.mark.usefixtures("no_host_proxy")
 
 
 @pytest.fixture()
@@ -168,15 +164,6 @@ def test_reporting_full_disk_passes_other_failures_through(tmp_path: Path) -> No
 
 
 # ---------------------------------------------------------------- listings
-
-
-def _cached(state: StateDir, name: str, kind: str, key: str) -> Path:
-    directory = images.images_dir(state) / f"{name}-{key}"
-    directory.mkdir(parents=True)
-    (directory / images.DISK).write_bytes(b"qcow2")
-    meta = {"name": name, "kind": kind, "key": key, "created": time.time()}
-    (directory / images.METADATA).write_text(json.dumps(meta))
-    return directory
 
 
 @pytest.mark.parametrize(

@@ -16,12 +16,7 @@ from ccloudvm.imagebuild import BuildRecipe
 from ccloudvm.paths import StateDir
 from tests.support.httpserver import FileServer, serve_directory
 
-
-@pytest.fixture(autouse=True)
-def no_host_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.upper(), raising=False)
+pytestmark = pytest.mark.usefixtures("no_host_proxy")
 
 
 @pytest.fixture()
