@@ -35,6 +35,7 @@ pytestmark = [
 ]
 
 REPO = Path(ccloudvm.__file__).resolve().parent.parent
+GUEST = ("/usr/bin/sudo", "/etc/shadow", "/")  # owners inside the built image
 
 
 @dataclass
@@ -149,6 +150,10 @@ def _foreign(state: Path, uid: int, gid: int) -> list[str]:
 
 def test_an_ordinary_user_builds_uses_and_removes_an_image(ordinary_user: User) -> None:
     user = ordinary_user
+    checked = user.ccloudvm("setup", "--check")
+    assert "subordinate ids for building images without root" in checked.err, checked.err
+    for program in ("mmdebstrap", "mkfs.ext4", "unshare", "newuidmap", "newgidmap"):
+        assert f"{program:20} ok" in checked.err, checked.err
     built = user.ccloudvm("image", "build", "debian-12")
     print(f"rootless image build as {user.name}: {built.seconds:.1f} s\n{built.err}")
     assert "in a user namespace (no root)" in built.err
@@ -163,6 +168,9 @@ def test_an_ordinary_user_builds_uses_and_removes_an_image(ordinary_user: User) 
     created = user.ccloudvm("create", "debian", "--name", "mine", timeout=900)
     print(f"create as {user.name}: {created.seconds:.1f} s")
     assert user.ccloudvm("run", "mine", "--", "hostname").out.strip() == "mine"
+    # The file system has the tree's true owners (setuid sudo works, shadow's group is kept).
+    owners = user.ccloudvm("run", "mine", "--", "sudo", "-n", "stat", "-c", "%U:%G %a", *GUEST)
+    assert owners.out.split("\n")[:3] == ["root:root 4755", "root:shadow 640", "root:root 755"]
     user.ccloudvm("delete", "mine", timeout=300)
     assert _foreign(user.state, user.uid, user.gid) == []
 
