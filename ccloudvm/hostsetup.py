@@ -93,9 +93,14 @@ def subid_report() -> str | None:
         ui.info(f"{'/etc/subuid':20} {'ok':8} not needed: root builds images directly")
         return None
     problem = imagebuild.subid_problem()
-    if problem is None:
-        ui.info(f"{'/etc/subuid':20} {'ok':8} subordinate ids for building images without root")
-        return None
-    message, hint = problem
-    ui.warn(f"{message}: images cannot be built without root; {hint}")
-    return message
+    if problem is not None:
+        message, hint = problem
+        ui.warn(f"{message}: images cannot be built without root; {hint}")
+        return message
+    ui.info(f"{'/etc/subuid':20} {'ok':8} subordinate ids for building images without root")
+    if all(find_program(tool) for tool in imagebuild.USERNS_TOOLS):
+        blocked = imagebuild.userns_problem()
+        if blocked is not None:
+            ui.warn(f"{blocked}: images cannot be built without root; {imagebuild.USERNS_HINT}")
+            return blocked
+    return None

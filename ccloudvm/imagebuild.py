@@ -237,6 +237,24 @@ def check_rootless(name: str = "image") -> None:
     if problem is not None:
         message, hint = problem
         raise CcloudvmError(f"building image {name} without root: {message}", hint=hint)
+    blocked = userns_problem()
+    if blocked is not None:
+        raise CcloudvmError(f"building image {name} without root: {blocked}", hint=USERNS_HINT)
+
+
+USERNS_HINT = (
+    "allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1 on older "
+    "Debian kernels, kernel.apparmor_restrict_unprivileged_userns=0 on Ubuntu)"
+)
+
+
+def userns_problem() -> str | None:
+    """Why the build's user namespace cannot be made here (tried: a few ms), or None."""
+    probe = proc.run(as_namespace_root([proc.require_tool("true")]), check=False)
+    if probe.returncode == 0:
+        return None
+    said = (probe.stdout or "").strip().splitlines()
+    return "this host lets no user namespace be made" + (f" ({said[-1]})" if said else "")
 
 
 def subid_problem(uid: int | None = None) -> tuple[str, str] | None:

@@ -122,6 +122,7 @@ def test_a_user_without_subordinate_ids_is_told_how_to_add_them(
 ) -> None:
     monkeypatch.setattr(os, "geteuid", lambda: 54321)
     monkeypatch.setattr(os, "getuid", lambda: 54321)
+    monkeypatch.setattr(imagebuild, "userns_problem", lambda: None)
     _subids(tmp_path, monkeypatch, "alice:100000:65536\n")
     problem = hostsetup.subid_report()
     assert problem is not None and "no range of 65536 subordinate uids" in problem
@@ -140,3 +141,15 @@ def test_root_needs_no_subordinate_ids(
     _subids(tmp_path, monkeypatch, "")
     assert hostsetup.subid_report() is None
     assert "not needed: root builds images directly" in capsys.readouterr().err
+
+
+def test_a_host_that_forbids_user_namespaces_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 54321)
+    monkeypatch.setattr(os, "getuid", lambda: 54321)
+    _subids(tmp_path, monkeypatch, "54321:100000:65536\n")
+    monkeypatch.setattr(hostsetup, "find_program", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(imagebuild, "userns_problem", lambda: "this host lets no user namespace")
+    assert hostsetup.subid_report() == "this host lets no user namespace"
+    assert "apparmor_restrict_unprivileged_userns=0" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -121,6 +122,7 @@ class FakeHost:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, uid: int, subids: Path) -> None:
         self.calls: list[list[str]] = []
+        self.returncode, self.output = 0, ""
         monkeypatch.setattr(os, "geteuid", lambda: uid)
         monkeypatch.setattr(os, "getuid", lambda: uid)
         monkeypatch.setattr(proc, "find_program", lambda name: f"/usr/bin/{name}")
@@ -132,9 +134,12 @@ class FakeHost:
         monkeypatch.setattr(imagebuild, "SUBUID_FILE", subids / "subuid")
         monkeypatch.setattr(imagebuild, "SUBGID_FILE", subids / "subgid")
 
-    def run(self, argv: list[object], cwd: Path | None = None, **_: object) -> None:
+    def run(
+        self, argv: list[object], cwd: Path | None = None, **_: object
+    ) -> subprocess.CompletedProcess[str]:
         args = [str(a) for a in argv]
         self.calls.append(args)
+        done = subprocess.CompletedProcess(args, self.returncode, self.output, None)
         program = args[len(USERNS)] if args[: len(USERNS)] == USERNS else args[0]
         if program.endswith("mmdebstrap"):
             assert cwd is not None
@@ -144,6 +149,7 @@ class FakeHost:
             (root / "boot/initrd.img-6.1.0-50-amd64").write_text("initrd")
         elif program.endswith("qemu-img"):
             Path(args[-1]).write_text("qcow2")
+        return done
 
     def programs(self) -> list[str]:
         """Each call's program, with 'userns ' in front when it ran in the namespace."""
@@ -161,11 +167,11 @@ def test_a_user_builds_in_a_user_namespace(tmp_path: Path, monkeypatch: pytest.M
     # mmdebstrap, chroot and mkfs run as the namespace's root; the tree is gone (rmtree
     # could delete it here, so no rm in the namespace was needed).
     assert host.programs() == [
-        "userns mmdebstrap", "userns chroot", "userns mkfs.ext4", "qemu-img",
+        "userns true", "userns mmdebstrap", "userns chroot", "userns mkfs.ext4", "qemu-img",
     ]  # fmt: skip
-    mmdebstrap = host.calls[0][len(USERNS) :]
+    mmdebstrap = host.calls[1][len(USERNS) :]
     assert mmdebstrap[:2] == ["/usr/bin/mmdebstrap", "--mode=unshare"]
-    mkfs = host.calls[2][len(USERNS) :]
+    mkfs = host.calls[3][len(USERNS) :]
     assert mkfs[0] == "/usr/bin/mkfs.ext4" and mkfs[-3] == "-d"
     assert mkfs[-2].endswith("/root") and mkfs[-1].endswith("/disk.raw")
     assert not list(out.glob(".work-*"))
@@ -205,6 +211,21 @@ def test_a_user_without_newuidmap_is_told_the_package(
         imagebuild.check_rootless("debian-12")
 
 
+def test_a_host_without_user_namespaces_is_said_before_the_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host = FakeHost(monkeypatch, 1000, tmp_path)
+    host.returncode, host.output = (
+        1,
+        "unshare: write failed /proc/self/uid_map: Operation not permitted\n",
+    )
+    with pytest.raises(CcloudvmError) as refused:
+        imagebuild.check_rootless("debian-12")
+    assert "lets no user namespace be made (unshare: write failed" in str(refused.value)
+    assert "apparmor_restrict_unprivileged_userns" in str(refused.value)
+    assert host.programs() == ["userns true"]
+
+
 def test_subid_ranges_may_name_the_user_or_the_uid(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -225,10 +246,11 @@ def test_a_failed_build_removes_its_work_and_keeps_its_error(
 ) -> None:
     host = FakeHost(monkeypatch, 1000, tmp_path)
 
-    def failing(argv: list[object], **kwargs: object) -> None:
-        host.run(argv, **kwargs)  # type: ignore[arg-type]
+    def failing(argv: list[object], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        done = host.run(argv, **kwargs)  # type: ignore[arg-type]
         if str(argv[-1]).endswith(".raw"):
             raise CcloudvmError("mkfs.ext4 failed")
+        return done
 
     monkeypatch.setattr(proc, "run", failing)
     out = tmp_path / "out"
