@@ -13,29 +13,9 @@ from ccloudvm import templating
 from ccloudvm.errors import UsageError
 from ccloudvm.hostinfo import HostUser
 from ccloudvm.paths import StateDir
-from ccloudvm.proxy import ProxySettings
 from ccloudvm.templating import TemplateContext
 from ccloudvm.workload import load_workload
 from tests.support.httpserver import serve_directory
-
-
-@pytest.fixture
-def host(tmp_path: Path) -> HostUser:
-    return HostUser(
-        name="alice",
-        uid=1234,
-        gid=1234,
-        group="alice",
-        home=tmp_path / "home",
-        gopath=tmp_path / "home" / "go",
-        git_name="Alice Example",
-        git_email="alice@example.org",
-    )
-
-
-@pytest.fixture
-def ctx(host: HostUser) -> TemplateContext:
-    return TemplateContext(host=host, instance_name="vm1", proxies=ProxySettings())
 
 
 @pytest.fixture

@@ -32,25 +32,6 @@ BUNDLED = ("debian", "ubuntu", "docker", "go", "ciao")
 
 
 @pytest.fixture
-def host(tmp_path: Path) -> HostUser:
-    return HostUser(
-        name="alice",
-        uid=1234,
-        gid=1234,
-        group="alice",
-        home=tmp_path / "home",
-        gopath=tmp_path / "home" / "go",
-        git_name="Alice Example",
-        git_email="alice@example.org",
-    )
-
-
-@pytest.fixture
-def ctx(host: HostUser) -> TemplateContext:
-    return TemplateContext(host=host, instance_name="vm1", proxies=ProxySettings())
-
-
-@pytest.fixture
 def state(tmp_path: Path) -> StateDir:
     s = StateDir(tmp_path / "state")
     s.ensure()
