@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 CCLOUDVM := $(VENV)/bin/ccloudvm
 # Host programs the tool and its tests use (Debian package names).
 HOST_PACKAGES := qemu-system-x86 qemu-utils openssh-client mmdebstrap e2fsprogs \
-	dnsmasq-base iproute2 iptables nftables shellcheck busybox-static
+	dnsmasq-base iproute2 iptables nftables shellcheck busybox-static uidmap
 DEMO ?= demo
 
 .PHONY: setup host-packages venv demo test unit e2e lint bench clean

@@ -20,7 +20,7 @@ import click
 from ccloudvm import __version__, cli_cluster, cli_images, cli_workloads, defaults, diskspace, ui
 from ccloudvm.errors import CcloudvmError, CreateInterrupted, UsageError
 from ccloudvm.instance_state import creating_names, instance_names
-from ccloudvm.paths import StateDir
+from ccloudvm.paths import StateDir, refuse_root_in_foreign_state
 from ccloudvm.specs import MountSpec, PortSpec
 from ccloudvm.status import status as status_of
 
@@ -50,7 +50,8 @@ def _print_json(data: Any) -> None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show host commands as they run and full tracebacks.")
 @click.version_option(__version__, prog_name="ccloudvm")
-def cli(debug: bool) -> None:
+@click.pass_context
+def cli(context: click.Context, debug: bool) -> None:
     """ccloudvm: a development environment, or a whole cluster, inside one VM.
 
     \b
@@ -72,6 +73,12 @@ def cli(debug: bool) -> None:
     if not debug:
         # paramiko logs every failed connection attempt while a guest boots; that is expected.
         logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+    if context.invoked_subcommand not in _ROOT_MAY_RUN:
+        refuse_root_in_foreign_state(_state())
+
+
+# Commands that write nothing into the state directory (setup installs host packages).
+_ROOT_MAY_RUN = {None, "setup", "version", "completion"}
 
 
 # ---------------------------------------------------------------- lifecycle

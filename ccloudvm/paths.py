@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ccloudvm.errors import UsageError
+
 ENV_HOME = "CCLOUDVM_HOME"
 
 
@@ -69,6 +71,24 @@ class StateDir:
         for path in (self.root, self.cache, self.instances, self.run):
             path.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o700)
+
+
+def refuse_root_in_foreign_state(state: StateDir) -> None:
+    """As root (sudo -E), never write into an ordinary user's state directory: what root
+    makes there (images, locks, caches) the user could not remove later. Nothing ccloudvm
+    does after the host packages needs root: image builds run in a user namespace."""
+    if os.geteuid() != 0:
+        return
+    where = state.root
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    owner = where.stat().st_uid
+    if owner != 0:
+        raise UsageError(
+            f"running as root on {state.root}, which belongs to uid {owner}, would leave "
+            "root-owned files there",
+            hint="run ccloudvm as that user, without sudo (image builds need no root)",
+        )
 
 
 def _shown(path: Path) -> str:

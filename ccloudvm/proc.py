@@ -31,6 +31,8 @@ PACKAGE_OF = {
     "ip": "iproute2",
     "iptables": "iptables",
     "shellcheck": "shellcheck",
+    "newuidmap": "uidmap",
+    "newgidmap": "uidmap",
 }
 
 

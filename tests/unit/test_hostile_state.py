@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 
 from ccloudvm import instance
-from ccloudvm.errors import CcloudvmError
+from ccloudvm.errors import CcloudvmError, UsageError
 from ccloudvm.instance_state import files_of, instance_names, reserve_host_ip
 from ccloudvm.paths import StateDir
 
@@ -123,3 +124,21 @@ def test_concurrent_reservations_never_share_an_address(tmp_path: Path) -> None:
     for thread in threads:
         thread.join()
     assert len(got) == 8 and len(set(got)) == 8
+
+
+def test_root_never_writes_into_another_users_state_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ccloudvm import paths
+
+    users = tmp_path / "alice-home"
+    users.mkdir()
+    if os.getuid() == 0:
+        os.chown(users, 4321, 4321)  # as a user's home is
+    monkeypatch.setattr(paths.os, "geteuid", lambda: 0)  # as under sudo -E
+    with pytest.raises(UsageError, match="would leave root-owned files") as info:
+        paths.refuse_root_in_foreign_state(StateDir(users / ".ccloudvm"))
+    assert info.value.hint is not None and "without sudo" in info.value.hint
+    assert not (users / ".ccloudvm").exists()
+    monkeypatch.setattr(paths.os, "geteuid", lambda: 4321)  # the user itself: fine
+    paths.refuse_root_in_foreign_state(StateDir(users / ".ccloudvm"))
