@@ -17,7 +17,16 @@ from typing import Any, NoReturn
 
 import click
 
-from ccloudvm import __version__, cli_cluster, cli_images, cli_workloads, defaults, diskspace, ui
+from ccloudvm import (
+    __version__,
+    cli_cluster,
+    cli_images,
+    cli_workloads,
+    defaults,
+    diskspace,
+    sizes,
+    ui,
+)
 from ccloudvm.errors import CcloudvmError, CreateInterrupted, UsageError
 from ccloudvm.instance_state import creating_names, instance_names
 from ccloudvm.paths import StateDir
@@ -82,8 +91,8 @@ def cli(debug: bool) -> None:
 @click.option("--name", help="Instance name (also the guest's hostname). Default: a random one.")
 @click.option(
     "--mem",
-    type=int,
-    help="Memory in MiB. Default: the workload's, else half the host's (1-8 GiB) under "
+    type=sizes.MIB,
+    help="Memory: 512M, 4G, 4GiB, 1.5G, or a plain number of MiB. Default: the workload's, else half the host's (1-8 GiB) under "
     "KVM, up to 2 GiB under TCG.",
 )
 @click.option(
@@ -92,7 +101,12 @@ def cli(debug: bool) -> None:
     help="vCPUs. Default: the workload's, else half the host's (1-8) under KVM, every host "
     "CPU up to 4 under TCG.",
 )
-@click.option("--disk", type=int, help="Disk size in GiB. Default: the workload's, else 20.")
+@click.option(
+    "--disk",
+    type=sizes.GIB,
+    help="Disk size: 20G, 1T, 1.5G (rounded up to whole GiB), or a plain number of GiB. "
+    "Default: the workload's, else 20 GiB.",
+)
 @click.option(
     "--mount",
     "mounts",
