@@ -12,6 +12,7 @@ import logging
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -24,6 +25,7 @@ from ccloudvm import (
     cli_workloads,
     defaults,
     diskspace,
+    formats,
     sizes,
     ui,
 )
@@ -56,7 +58,19 @@ def _print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """The top-level group: also knows commands by their aliases (`ls` for `instances`).
+
+    Aliases are left out of --help's list and of completion; each command's help names its own.
+    """
+
+    aliases = {"ls": "instances", "list": "instances"}
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return super().get_command(ctx, self.aliases.get(cmd_name, cmd_name))
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show host commands as they run and full tracebacks.")
 @click.version_option(__version__, prog_name="ccloudvm")
 def cli(debug: bool) -> None:
@@ -299,55 +313,72 @@ def teardown(yes: bool) -> None:
         instance.delete(state, name)
 
 
+def _format_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--format table|json|yaml|csv and its older alias --json."""
+    command = click.option("--json", "as_json", is_flag=True, help="The same as --format json.")(
+        command
+    )
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(formats.FORMATS),
+        help="Output format: table (the default), or json, yaml, csv for scripts.",
+    )(command)
+
+
+_INSTANCE_COLUMNS: list[formats.Column] = [
+    ("NAME", lambda r: r["name"]),
+    ("STATE", lambda r: r["state"]),
+    ("WORKLOAD", lambda r: r["workload"]),
+    ("IMAGE", lambda r: r["image"]),
+    ("CPUS", lambda r: r["cpus"]),
+    ("MEM", lambda r: f"{r['mem_mib']} MiB"),
+    ("SSH", lambda r: r["ssh"]),
+    ("PORTS", lambda r: r["ports"]),
+]
+
+
 @cli.command("instances")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-def instances_command(as_json: bool) -> None:
-    """List instances with their state and how to reach them.
+@_format_options
+@click.option("-q", "--quiet", is_flag=True, help="Print only the names, one a line.")
+def instances_command(fmt: str | None, as_json: bool, quiet: bool) -> None:
+    """List instances with their state and how to reach them (aliases: ls, list).
 
     STATE: running, stopped, crashed (QEMU died though nobody stopped it), creating (a
     create is at work, from its image download on), failed (a create ended without a
     ready guest: 'ccloudvm logs NAME' shows why, 'ccloudvm delete NAME' removes it).
+    CSV has every field of --format json, a list's items joined by '; '.
     """
-
+    chosen = formats.choose(fmt, as_json)
+    if quiet and (fmt or as_json):
+        raise UsageError("-q prints names only; it takes no --format or --json")
     state = _state()
+    names = sorted({*instance_names(state), *creating_names(state)})
+    if quiet:  # no QEMU asked: fast enough for shell completion and scripts
+        for name in names:
+            click.echo(name)
+        return
     rows = []
-    for name in sorted({*instance_names(state), *creating_names(state)}):
+    for name in names:
         try:
             rows.append(status_of(state, name))
         except CcloudvmError as exc:  # one damaged instance must not hide the others
             ui.warn(str(exc))
-    if as_json:
-        _print_json(rows)
-        return
-    if not rows:
+    if not rows and chosen == "table":
         ui.info("no instances (create one with 'ccloudvm create debian')")
         return
-    from rich.table import Table
-
-    table = Table(box=None)
-    for column in ("NAME", "STATE", "WORKLOAD", "IMAGE", "CPUS", "MEM", "SSH", "PORTS"):
-        table.add_column(column)
-    for r in rows:
-        table.add_row(r["name"], r["state"], r["workload"], r["image"], str(r["cpus"]),
-                      f"{r['mem_mib']} MiB", r["ssh"], ", ".join(r["ports"]))  # fmt: skip
-    ui.out.print(table)
+    click.echo(formats.render_list(rows, chosen, _INSTANCE_COLUMNS), nl=False)
 
 
 @cli.command()
 @click.argument("name", required=False)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-def status(name: str | None, as_json: bool) -> None:
+@_format_options
+def status(name: str | None, fmt: str | None, as_json: bool) -> None:
     """Show one instance's state (from QEMU itself) and settings."""
-
+    chosen = formats.choose(fmt, as_json)
     data = status_of(_state(), _pick_instance(name))
-    if as_json:
-        _print_json(data)
-        return
-    for key, value in data.items():
-        if isinstance(value, list):
-            value = ", ".join(value) or "-"
-        ui.out.print(f"{key:10} {value if value is not None else '-'}", markup=False)
-    if data["state"] == "crashed":
+    click.echo(formats.render_record(data, chosen), nl=False)
+    if chosen == "table" and data["state"] == "crashed":
         ui.warn(
             f"QEMU is gone although nobody stopped it; 'ccloudvm start {data['name']}' boots it again"
         )
