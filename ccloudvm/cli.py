@@ -210,16 +210,66 @@ def create(workload: str, name: str | None, mem: int | None, cpus: int | None, d
 
 def _resize_options(command: Any) -> Any:
     for option in reversed((
-        click.option("--mem", type=int, help="New memory size in MiB."),
+        click.option("--mem", type=sizes.MIB, help="New memory size: 4G, 512M, or MiB."),
         click.option("--cpus", type=int, help="New number of vCPUs."),
-        click.option("--disk", type=int, help="New disk size in GiB (it only grows)."),
+        click.option("--disk", type=sizes.GIB, help="New disk size: 40G, or GiB (it only grows)."),
     )):  # fmt: skip
         command = option(command)
     return command
 
 
+def _targets(names: tuple[str, ...], every: bool, *, pick: bool = True) -> list[str]:
+    """The instances a command acts on: NAMES (each once), --all, or else the only one."""
+    if every and names:
+        raise UsageError("give instance names or --all, not both")
+    if every:
+        return instance_names(_state())
+    if not names:
+        if not pick:
+            raise UsageError("name the instance(s) to act on, or give --all")
+        return [_pick_instance(None)]
+    return list(dict.fromkeys(names))
+
+
+def _each(names: list[str], action: Callable[[str], object]) -> None:
+    """`action` on every name; a failure is one line and does not stop the others.
+
+    With one name its error is raised as before. With several, each failure is printed
+    as it happens ('error: NAME: what went wrong (hint)') and the exit status is non-zero
+    at the end: the failures' own status when they share one, else 1."""
+    if len(names) == 1:
+        action(names[0])
+        return
+    codes = []
+    for name in names:
+        try:
+            action(name)
+        except (CcloudvmError, OSError) as exc:
+            if _debug:
+                raise
+            if isinstance(exc, CcloudvmError):
+                message, hint, code = exc.message, exc.hint, exc.exit_code
+            else:
+                where = f": {exc.filename}" if exc.filename else ""
+                message, hint, code = f"{exc.strerror or exc}{where}", None, 1
+            if repr(name) not in message and name not in message.split():
+                message = f"{name}: {message}"
+            _print_error(message, hint)
+            codes.append(code)
+    if codes:
+        sys.exit(codes[0] if len(set(codes)) == 1 else 1)
+
+
+_NAMES = click.argument("names", nargs=-1, metavar="[NAME]...")
+
+
+def _all_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option("--all", "every", is_flag=True, help=f"{what} every instance.")
+
+
 @cli.command()
-@click.argument("name", required=False)
+@_NAMES
+@_all_option("Boot")
 @click.option("--timeout", type=float, default=defaults.BOOT_TIMEOUT, show_default=True)
 @click.option(
     "--accel",
@@ -228,18 +278,26 @@ def _resize_options(command: Any) -> Any:
 )
 @_resize_options
 def start(
-    name: str | None, timeout: float, accel: str | None, mem: int | None, cpus: int | None,
-    disk: int | None,
+    names: tuple[str, ...], every: bool, timeout: float, accel: str | None, mem: int | None,
+    cpus: int | None, disk: int | None,
 ) -> None:  # fmt: skip
-    """Boot a stopped instance (also recovers one whose QEMU died). --mem, --cpus and
-    --disk resize it first, for this and later boots (a disk only grows)."""
+    """Boot stopped instances (also recovers one whose QEMU died), one after the other.
+    --mem, --cpus and --disk resize them first, for this and later boots (a disk only grows).
+
+    Without NAME: the only instance there is. One that fails to boot does not stop the
+    others; the exit status is non-zero if any failed.
+    """
     from ccloudvm import accel as accel_mod
     from ccloudvm import instance
 
     chosen = accel or os.environ.get(accel_mod.ENV_ACCEL)
     mode = accel_mod.requested_mode(chosen) if chosen else None
     resize = instance.Resize(mem_mib=mem, cpus=cpus, disk_gib=disk)
-    instance.start(_state(), _pick_instance(name), timeout, accel_mode=mode, resize=resize)
+    state = _state()
+    _each(
+        _targets(names, every),
+        lambda name: instance.start(state, name, timeout, accel_mode=mode, resize=resize),
+    )
 
 
 @cli.command()
@@ -258,43 +316,82 @@ def restart(
 
 
 @cli.command()
-@click.argument("name", required=False)
+@_NAMES
+@_all_option("Stop")
 @click.option(
     "--timeout",
     type=float,
     default=defaults.STOP_TIMEOUT,
     show_default=True,
-    help="Seconds to wait for the guest to power off before QEMU is quit.",
+    help="Seconds to wait for each guest to power off before its QEMU is quit.",
 )
-def stop(name: str | None, timeout: float) -> None:
-    """Shut an instance down cleanly (ACPI power-off, then quit QEMU if it hangs)."""
+def stop(names: tuple[str, ...], every: bool, timeout: float) -> None:
+    """Shut instances down cleanly (ACPI power-off, then quit QEMU if it hangs).
+
+    Without NAME: the only instance there is. A failure on one does not stop the others;
+    the exit status is non-zero if any failed.
+    """
     from ccloudvm import instance
 
-    instance.stop(_state(), _pick_instance(name), timeout)
+    state = _state()
+    _each(_targets(names, every), lambda name: instance.stop(state, name, timeout))
 
 
 @cli.command("quit")
-@click.argument("name", required=False)
-def quit_command(name: str | None) -> None:
-    """Stop an instance's QEMU at once (like pulling the plug)."""
+@_NAMES
+@_all_option("Quit")
+def quit_command(names: tuple[str, ...], every: bool) -> None:
+    """Stop instances' QEMU at once (like pulling the plug).
+
+    Without NAME: the only instance there is. A failure on one does not stop the others;
+    the exit status is non-zero if any failed.
+    """
     from ccloudvm import instance
 
-    instance.quit_instance(_state(), _pick_instance(name))
+    state = _state()
+    _each(_targets(names, every), lambda name: instance.quit_instance(state, name))
+
+
+def _confirm_deletion(names: list[str], yes: bool, command: str) -> None:
+    """Every instance goes only with --yes, or when the user says so at a terminal."""
+    if yes:
+        return
+    listed = ", ".join(names)
+    if not sys.stdin.isatty():
+        raise UsageError(
+            f"{command} would delete {len(names)} instance(s): {listed}",
+            hint="add --yes to confirm",
+        )
+    click.confirm(f"Delete {len(names)} instance(s): {listed}?", abort=True)
 
 
 @cli.command()
-@click.argument("name")
-def delete(name: str) -> None:
-    """Delete an instance: its QEMU, disk, keys and logs. Its image stays cached."""
+@_NAMES
+@_all_option("Delete")
+@click.option("--yes", is_flag=True, help="With --all: do not ask for confirmation.")
+def delete(names: tuple[str, ...], every: bool, yes: bool) -> None:
+    """Delete instances: their QEMU, disk, keys and logs. Their images stay cached.
+
+    NAME is required (several may be given); --all deletes every instance, as teardown
+    does, and asks first unless --yes. A failure on one does not stop the others; the
+    exit status is non-zero if any failed.
+    """
     from ccloudvm import instance
 
-    instance.delete(_state(), name)
+    state = _state()
+    targets = _targets(names, every, pick=False)
+    if every:
+        if not targets:
+            ui.info("no instances")
+            return
+        _confirm_deletion(targets, yes, "delete --all")
+    _each(targets, lambda name: instance.delete(state, name))
 
 
 @cli.command()
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def teardown(yes: bool) -> None:
-    """Delete every instance."""
+    """Delete every instance (the same as 'delete --all')."""
     from ccloudvm import instance
 
     state = _state()
@@ -302,15 +399,8 @@ def teardown(yes: bool) -> None:
     if not names:
         ui.info("no instances")
         return
-    if not yes:
-        if not sys.stdin.isatty():
-            raise UsageError(
-                f"teardown would delete {len(names)} instance(s): {', '.join(names)}",
-                hint="add --yes to confirm",
-            )
-        click.confirm(f"Delete {len(names)} instance(s): {', '.join(names)}?", abort=True)
-    for name in names:
-        instance.delete(state, name)
+    _confirm_deletion(names, yes, "teardown")
+    _each(names, lambda name: instance.delete(state, name))
 
 
 def _format_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -646,9 +736,13 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"{exc.strerror or exc}{where}", "run with --debug for the details", 1)
 
 
-def _fail(message: str, hint: str | None, code: int) -> NoReturn:
+def _print_error(message: str, hint: str | None) -> None:
     text = f"error: {message}" + (f" ({hint})" if hint else "")
     ui.console.print(
         text, markup=False, highlight=False, style="red" if sys.stderr.isatty() else None
     )
+
+
+def _fail(message: str, hint: str | None, code: int) -> NoReturn:
+    _print_error(message, hint)
     sys.exit(code)
