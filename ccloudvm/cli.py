@@ -23,6 +23,7 @@ from ccloudvm import (
     cli_cluster,
     cli_images,
     cli_workloads,
+    completion,
     defaults,
     diskspace,
     formats,
@@ -101,7 +102,7 @@ def cli(debug: bool) -> None:
 
 
 @cli.command()
-@click.argument("workload")
+@click.argument("workload", shell_complete=completion.complete_workloads)
 @click.option("--name", help="Instance name (also the guest's hostname). Default: a random one.")
 @click.option(
     "--mem",
@@ -144,7 +145,9 @@ def cli(debug: bool) -> None:
     help="Attach an extra disk (repeatable).",
 )
 @click.option(
-    "--image", help="Use this image instead of the workload's (a definition or a saved image)."
+    "--image",
+    help="Use this image instead of the workload's (a definition or a saved image).",
+    shell_complete=completion.complete_images,
 )
 @click.option(
     "--accel",
@@ -260,7 +263,9 @@ def _each(names: list[str], action: Callable[[str], object]) -> None:
         sys.exit(codes[0] if len(set(codes)) == 1 else 1)
 
 
-_NAMES = click.argument("names", nargs=-1, metavar="[NAME]...")
+_NAMES = click.argument(
+    "names", nargs=-1, metavar="[NAME]...", shell_complete=completion.complete_instances
+)
 
 
 def _all_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -301,7 +306,7 @@ def start(
 
 
 @cli.command()
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=completion.complete_instances)
 @click.option("--timeout", type=float, default=defaults.BOOT_TIMEOUT, show_default=True)
 @_resize_options
 def restart(
@@ -461,7 +466,7 @@ def instances_command(fmt: str | None, as_json: bool, quiet: bool) -> None:
 
 
 @cli.command()
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=completion.complete_instances)
 @_format_options
 def status(name: str | None, fmt: str | None, as_json: bool) -> None:
     """Show one instance's state (from QEMU itself) and settings."""
@@ -488,7 +493,7 @@ def status(name: str | None, fmt: str | None, as_json: bool) -> None:
 )
 @click.option("-T", "--no-tty", "tty", flag_value=False, help="Never give it a terminal.")
 @click.option("-w", "--workdir", metavar="DIR", help="Run it in this guest folder.")
-@click.argument("name")
+@click.argument("name", shell_complete=completion.complete_instances)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(name: str, tty: bool | None, workdir: str | None, command: tuple[str, ...]) -> NoReturn:
     """Run COMMAND in the instance as over ssh: stdin passed in, stdout and stderr kept
@@ -527,7 +532,7 @@ def _exec_ssh(
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=completion.complete_instances)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def connect(name: str | None, command: tuple[str, ...]) -> NoReturn:
     """Open an interactive shell in the instance (system ssh, host key pinned), or run
@@ -543,7 +548,7 @@ cli.add_command(connect, "shell")
 
 
 @cli.command("ssh-config")
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=completion.complete_instances)
 def ssh_config(name: str | None) -> None:
     """Print an ssh_config stanza, so plain ssh, scp and editors can connect.
 
@@ -556,7 +561,7 @@ def ssh_config(name: str | None) -> None:
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", shell_complete=completion.complete_instances)
 @click.argument("paths", nargs=-1, required=True, metavar="SOURCE... DEST")
 @click.option("-r", "--recursive", is_flag=True, help="Copy folders.")
 def copy(name: str, paths: tuple[str, ...], recursive: bool) -> None:
@@ -579,7 +584,7 @@ def copy(name: str, paths: tuple[str, ...], recursive: bool) -> None:
 
 
 @cli.command()
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=completion.complete_instances)
 @click.option(
     "--cloud-init",
     "cloud_init",
@@ -671,6 +676,36 @@ def setup(check: bool, as_json: bool) -> None:
     report = hostsetup.setup(_state(), install=not check)
     if as_json:
         _print_json(report)
+
+
+@cli.command("version")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def version_command(as_json: bool) -> None:
+    """Show ccloudvm's version, QEMU's, the acceleration a VM would get and why, and the
+    state directory. (--version prints ccloudvm's version only.)"""
+    from ccloudvm import version
+
+    data = version.report(_state())
+    if as_json:
+        _print_json(data)
+        return
+    for line in version.lines(data):
+        click.echo(line)
+
+
+@cli.command("completion")
+@click.argument("shell", type=click.Choice(completion.SHELLS))
+def completion_command(shell: str) -> None:
+    """Print the shell completion script for SHELL (bash, zsh or fish).
+
+    It completes commands, options, instance, workload and image names.
+
+    \b
+    bash:  echo 'eval "$(ccloudvm completion bash)"' >> ~/.bashrc
+    zsh:   echo 'eval "$(ccloudvm completion zsh)"' >> ~/.zshrc
+    fish:  ccloudvm completion fish > ~/.config/fish/completions/ccloudvm.fish
+    """
+    click.echo(completion.script(cli, shell))
 
 
 # The other command groups live in modules of their own.
