@@ -155,3 +155,27 @@ def detect(
         json.dumps({"boot_id": boot_id, "kernel": str(probe_kernel), "result": asdict(result)})
     )
     return result
+
+
+def would_use(*, mode: str, run_dir: Path, sys_root: Path = Path("/")) -> Acceleration:
+    """What `detect` would choose for `mode`, without booting a test guest or writing the
+    cache: the probe's cached answer of this host boot when there is one, else the cheap
+    checks (a first create confirms KVM with a test guest)."""
+    if mode == "tcg":
+        return Acceleration("tcg", False, "software emulation chosen by the user")
+    ok, reason = kvm_precheck(sys_root)
+    if mode == "kvm":
+        return Acceleration("kvm", nested_supported(sys_root), "KVM chosen by the user; " + reason)
+    if not ok:
+        return Acceleration("tcg", False, reason)
+    try:
+        cached = json.loads((run_dir / "accel.json").read_text())
+        if cached.get("boot_id") == _boot_id():
+            return Acceleration(**cached["result"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return Acceleration(
+        "kvm",
+        nested_supported(sys_root),
+        reason + "; not yet confirmed by a test guest (the next boot does that)",
+    )

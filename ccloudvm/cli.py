@@ -12,12 +12,24 @@ import logging
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
-from ccloudvm import __version__, cli_cluster, cli_images, cli_workloads, defaults, diskspace, ui
+from ccloudvm import (
+    __version__,
+    cli_cluster,
+    cli_images,
+    cli_workloads,
+    completion,
+    defaults,
+    diskspace,
+    formats,
+    sizes,
+    ui,
+)
 from ccloudvm.errors import CcloudvmError, CreateInterrupted, UsageError
 from ccloudvm.instance_state import creating_names, instance_names
 from ccloudvm.paths import StateDir, refuse_root_in_foreign_state
@@ -47,7 +59,19 @@ def _print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """The top-level group: also knows commands by their aliases (`ls` for `instances`).
+
+    Aliases are left out of --help's list and of completion; each command's help names its own.
+    """
+
+    aliases = {"ls": "instances", "list": "instances"}
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return super().get_command(ctx, self.aliases.get(cmd_name, cmd_name))
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show host commands as they run and full tracebacks.")
 @click.version_option(__version__, prog_name="ccloudvm")
 @click.pass_context
@@ -85,12 +109,12 @@ _ROOT_MAY_RUN = {None, "setup", "version", "completion"}
 
 
 @cli.command()
-@click.argument("workload")
+@click.argument("workload", shell_complete=completion.complete_workloads)
 @click.option("--name", help="Instance name (also the guest's hostname). Default: a random one.")
 @click.option(
     "--mem",
-    type=int,
-    help="Memory in MiB. Default: the workload's, else half the host's (1-8 GiB) under "
+    type=sizes.MIB,
+    help="Memory: 512M, 4G, 4GiB, 1.5G, or a plain number of MiB. Default: the workload's, else half the host's (1-8 GiB) under "
     "KVM, up to 2 GiB under TCG.",
 )
 @click.option(
@@ -99,7 +123,12 @@ _ROOT_MAY_RUN = {None, "setup", "version", "completion"}
     help="vCPUs. Default: the workload's, else half the host's (1-8) under KVM, every host "
     "CPU up to 4 under TCG.",
 )
-@click.option("--disk", type=int, help="Disk size in GiB. Default: the workload's, else 20.")
+@click.option(
+    "--disk",
+    type=sizes.GIB,
+    help="Disk size: 20G, 1T, 1.5G (rounded up to whole GiB), or a plain number of GiB. "
+    "Default: the workload's, else 20 GiB.",
+)
 @click.option(
     "--mount",
     "mounts",
@@ -123,7 +152,9 @@ _ROOT_MAY_RUN = {None, "setup", "version", "completion"}
     help="Attach an extra disk (repeatable).",
 )
 @click.option(
-    "--image", help="Use this image instead of the workload's (a definition or a saved image)."
+    "--image",
+    help="Use this image instead of the workload's (a definition or a saved image).",
+    shell_complete=completion.complete_images,
 )
 @click.option(
     "--accel",
@@ -189,16 +220,68 @@ def create(workload: str, name: str | None, mem: int | None, cpus: int | None, d
 
 def _resize_options(command: Any) -> Any:
     for option in reversed((
-        click.option("--mem", type=int, help="New memory size in MiB."),
+        click.option("--mem", type=sizes.MIB, help="New memory size: 4G, 512M, or MiB."),
         click.option("--cpus", type=int, help="New number of vCPUs."),
-        click.option("--disk", type=int, help="New disk size in GiB (it only grows)."),
+        click.option("--disk", type=sizes.GIB, help="New disk size: 40G, or GiB (it only grows)."),
     )):  # fmt: skip
         command = option(command)
     return command
 
 
+def _targets(names: tuple[str, ...], every: bool, *, pick: bool = True) -> list[str]:
+    """The instances a command acts on: NAMES (each once), --all, or else the only one."""
+    if every and names:
+        raise UsageError("give instance names or --all, not both")
+    if every:
+        return instance_names(_state())
+    if not names:
+        if not pick:
+            raise UsageError("name the instance(s) to act on, or give --all")
+        return [_pick_instance(None)]
+    return list(dict.fromkeys(names))
+
+
+def _each(names: list[str], action: Callable[[str], object]) -> None:
+    """`action` on every name; a failure is one line and does not stop the others.
+
+    With one name its error is raised as before. With several, each failure is printed
+    as it happens ('error: NAME: what went wrong (hint)') and the exit status is non-zero
+    at the end: the failures' own status when they share one, else 1."""
+    if len(names) == 1:
+        action(names[0])
+        return
+    codes = []
+    for name in names:
+        try:
+            action(name)
+        except (CcloudvmError, OSError) as exc:
+            if _debug:
+                raise
+            if isinstance(exc, CcloudvmError):
+                message, hint, code = exc.message, exc.hint, exc.exit_code
+            else:
+                where = f": {exc.filename}" if exc.filename else ""
+                message, hint, code = f"{exc.strerror or exc}{where}", None, 1
+            if repr(name) not in message and name not in message.split():
+                message = f"{name}: {message}"
+            _print_error(message, hint)
+            codes.append(code)
+    if codes:
+        sys.exit(codes[0] if len(set(codes)) == 1 else 1)
+
+
+_NAMES = click.argument(
+    "names", nargs=-1, metavar="[NAME]...", shell_complete=completion.complete_instances
+)
+
+
+def _all_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option("--all", "every", is_flag=True, help=f"{what} every instance.")
+
+
 @cli.command()
-@click.argument("name", required=False)
+@_NAMES
+@_all_option("Boot")
 @click.option("--timeout", type=float, default=defaults.BOOT_TIMEOUT, show_default=True)
 @click.option(
     "--accel",
@@ -207,22 +290,30 @@ def _resize_options(command: Any) -> Any:
 )
 @_resize_options
 def start(
-    name: str | None, timeout: float, accel: str | None, mem: int | None, cpus: int | None,
-    disk: int | None,
+    names: tuple[str, ...], every: bool, timeout: float, accel: str | None, mem: int | None,
+    cpus: int | None, disk: int | None,
 ) -> None:  # fmt: skip
-    """Boot a stopped instance (also recovers one whose QEMU died). --mem, --cpus and
-    --disk resize it first, for this and later boots (a disk only grows)."""
+    """Boot stopped instances (also recovers one whose QEMU died), one after the other.
+    --mem, --cpus and --disk resize them first, for this and later boots (a disk only grows).
+
+    Without NAME: the only instance there is. One that fails to boot does not stop the
+    others; the exit status is non-zero if any failed.
+    """
     from ccloudvm import accel as accel_mod
     from ccloudvm import instance
 
     chosen = accel or os.environ.get(accel_mod.ENV_ACCEL)
     mode = accel_mod.requested_mode(chosen) if chosen else None
     resize = instance.Resize(mem_mib=mem, cpus=cpus, disk_gib=disk)
-    instance.start(_state(), _pick_instance(name), timeout, accel_mode=mode, resize=resize)
+    state = _state()
+    _each(
+        _targets(names, every),
+        lambda name: instance.start(state, name, timeout, accel_mode=mode, resize=resize),
+    )
 
 
 @cli.command()
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=completion.complete_instances)
 @click.option("--timeout", type=float, default=defaults.BOOT_TIMEOUT, show_default=True)
 @_resize_options
 def restart(
@@ -237,43 +328,82 @@ def restart(
 
 
 @cli.command()
-@click.argument("name", required=False)
+@_NAMES
+@_all_option("Stop")
 @click.option(
     "--timeout",
     type=float,
     default=defaults.STOP_TIMEOUT,
     show_default=True,
-    help="Seconds to wait for the guest to power off before QEMU is quit.",
+    help="Seconds to wait for each guest to power off before its QEMU is quit.",
 )
-def stop(name: str | None, timeout: float) -> None:
-    """Shut an instance down cleanly (ACPI power-off, then quit QEMU if it hangs)."""
+def stop(names: tuple[str, ...], every: bool, timeout: float) -> None:
+    """Shut instances down cleanly (ACPI power-off, then quit QEMU if it hangs).
+
+    Without NAME: the only instance there is. A failure on one does not stop the others;
+    the exit status is non-zero if any failed.
+    """
     from ccloudvm import instance
 
-    instance.stop(_state(), _pick_instance(name), timeout)
+    state = _state()
+    _each(_targets(names, every), lambda name: instance.stop(state, name, timeout))
 
 
 @cli.command("quit")
-@click.argument("name", required=False)
-def quit_command(name: str | None) -> None:
-    """Stop an instance's QEMU at once (like pulling the plug)."""
+@_NAMES
+@_all_option("Quit")
+def quit_command(names: tuple[str, ...], every: bool) -> None:
+    """Stop instances' QEMU at once (like pulling the plug).
+
+    Without NAME: the only instance there is. A failure on one does not stop the others;
+    the exit status is non-zero if any failed.
+    """
     from ccloudvm import instance
 
-    instance.quit_instance(_state(), _pick_instance(name))
+    state = _state()
+    _each(_targets(names, every), lambda name: instance.quit_instance(state, name))
+
+
+def _confirm_deletion(names: list[str], yes: bool, command: str) -> None:
+    """Every instance goes only with --yes, or when the user says so at a terminal."""
+    if yes:
+        return
+    listed = ", ".join(names)
+    if not sys.stdin.isatty():
+        raise UsageError(
+            f"{command} would delete {len(names)} instance(s): {listed}",
+            hint="add --yes to confirm",
+        )
+    click.confirm(f"Delete {len(names)} instance(s): {listed}?", abort=True)
 
 
 @cli.command()
-@click.argument("name")
-def delete(name: str) -> None:
-    """Delete an instance: its QEMU, disk, keys and logs. Its image stays cached."""
+@_NAMES
+@_all_option("Delete")
+@click.option("--yes", is_flag=True, help="With --all: do not ask for confirmation.")
+def delete(names: tuple[str, ...], every: bool, yes: bool) -> None:
+    """Delete instances: their QEMU, disk, keys and logs. Their images stay cached.
+
+    NAME is required (several may be given); --all deletes every instance, as teardown
+    does, and asks first unless --yes. A failure on one does not stop the others; the
+    exit status is non-zero if any failed.
+    """
     from ccloudvm import instance
 
-    instance.delete(_state(), name)
+    state = _state()
+    targets = _targets(names, every, pick=False)
+    if every:
+        if not targets:
+            ui.info("no instances")
+            return
+        _confirm_deletion(targets, yes, "delete --all")
+    _each(targets, lambda name: instance.delete(state, name))
 
 
 @cli.command()
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def teardown(yes: bool) -> None:
-    """Delete every instance."""
+    """Delete every instance (the same as 'delete --all')."""
     from ccloudvm import instance
 
     state = _state()
@@ -281,66 +411,76 @@ def teardown(yes: bool) -> None:
     if not names:
         ui.info("no instances")
         return
-    if not yes:
-        if not sys.stdin.isatty():
-            raise UsageError(
-                f"teardown would delete {len(names)} instance(s): {', '.join(names)}",
-                hint="add --yes to confirm",
-            )
-        click.confirm(f"Delete {len(names)} instance(s): {', '.join(names)}?", abort=True)
-    for name in names:
-        instance.delete(state, name)
+    _confirm_deletion(names, yes, "teardown")
+    _each(names, lambda name: instance.delete(state, name))
+
+
+def _format_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--format table|json|yaml|csv and its older alias --json."""
+    command = click.option("--json", "as_json", is_flag=True, help="The same as --format json.")(
+        command
+    )
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(formats.FORMATS),
+        help="Output format: table (the default), or json, yaml, csv for scripts.",
+    )(command)
+
+
+_INSTANCE_COLUMNS: list[formats.Column] = [
+    ("NAME", lambda r: r["name"]),
+    ("STATE", lambda r: r["state"]),
+    ("WORKLOAD", lambda r: r["workload"]),
+    ("IMAGE", lambda r: r["image"]),
+    ("CPUS", lambda r: r["cpus"]),
+    ("MEM", lambda r: f"{r['mem_mib']} MiB"),
+    ("SSH", lambda r: r["ssh"]),
+    ("PORTS", lambda r: r["ports"]),
+]
 
 
 @cli.command("instances")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-def instances_command(as_json: bool) -> None:
-    """List instances with their state and how to reach them.
+@_format_options
+@click.option("-q", "--quiet", is_flag=True, help="Print only the names, one a line.")
+def instances_command(fmt: str | None, as_json: bool, quiet: bool) -> None:
+    """List instances with their state and how to reach them (aliases: ls, list).
 
     STATE: running, stopped, crashed (QEMU died though nobody stopped it), creating (a
     create is at work, from its image download on), failed (a create ended without a
     ready guest: 'ccloudvm logs NAME' shows why, 'ccloudvm delete NAME' removes it).
+    CSV has every field of --format json, a list's items joined by '; '.
     """
-
+    chosen = formats.choose(fmt, as_json)
+    if quiet and (fmt or as_json):
+        raise UsageError("-q prints names only; it takes no --format or --json")
     state = _state()
+    names = sorted({*instance_names(state), *creating_names(state)})
+    if quiet:  # no QEMU asked: fast enough for shell completion and scripts
+        for name in names:
+            click.echo(name)
+        return
     rows = []
-    for name in sorted({*instance_names(state), *creating_names(state)}):
+    for name in names:
         try:
             rows.append(status_of(state, name))
         except CcloudvmError as exc:  # one damaged instance must not hide the others
             ui.warn(str(exc))
-    if as_json:
-        _print_json(rows)
-        return
-    if not rows:
+    if not rows and chosen == "table":
         ui.info("no instances (create one with 'ccloudvm create debian')")
         return
-    from rich.table import Table
-
-    table = Table(box=None)
-    for column in ("NAME", "STATE", "WORKLOAD", "IMAGE", "CPUS", "MEM", "SSH", "PORTS"):
-        table.add_column(column)
-    for r in rows:
-        table.add_row(r["name"], r["state"], r["workload"], r["image"], str(r["cpus"]),
-                      f"{r['mem_mib']} MiB", r["ssh"], ", ".join(r["ports"]))  # fmt: skip
-    ui.out.print(table)
+    click.echo(formats.render_list(rows, chosen, _INSTANCE_COLUMNS), nl=False)
 
 
 @cli.command()
-@click.argument("name", required=False)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-def status(name: str | None, as_json: bool) -> None:
+@click.argument("name", required=False, shell_complete=completion.complete_instances)
+@_format_options
+def status(name: str | None, fmt: str | None, as_json: bool) -> None:
     """Show one instance's state (from QEMU itself) and settings."""
-
+    chosen = formats.choose(fmt, as_json)
     data = status_of(_state(), _pick_instance(name))
-    if as_json:
-        _print_json(data)
-        return
-    for key, value in data.items():
-        if isinstance(value, list):
-            value = ", ".join(value) or "-"
-        ui.out.print(f"{key:10} {value if value is not None else '-'}", markup=False)
-    if data["state"] == "crashed":
+    click.echo(formats.render_record(data, chosen), nl=False)
+    if chosen == "table" and data["state"] == "crashed":
         ui.warn(
             f"QEMU is gone although nobody stopped it; 'ccloudvm start {data['name']}' boots it again"
         )
@@ -360,7 +500,7 @@ def status(name: str | None, as_json: bool) -> None:
 )
 @click.option("-T", "--no-tty", "tty", flag_value=False, help="Never give it a terminal.")
 @click.option("-w", "--workdir", metavar="DIR", help="Run it in this guest folder.")
-@click.argument("name")
+@click.argument("name", shell_complete=completion.complete_instances)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(name: str, tty: bool | None, workdir: str | None, command: tuple[str, ...]) -> NoReturn:
     """Run COMMAND in the instance as over ssh: stdin passed in, stdout and stderr kept
@@ -399,7 +539,7 @@ def _exec_ssh(
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=completion.complete_instances)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def connect(name: str | None, command: tuple[str, ...]) -> NoReturn:
     """Open an interactive shell in the instance (system ssh, host key pinned), or run
@@ -415,7 +555,7 @@ cli.add_command(connect, "shell")
 
 
 @cli.command("ssh-config")
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=completion.complete_instances)
 def ssh_config(name: str | None) -> None:
     """Print an ssh_config stanza, so plain ssh, scp and editors can connect.
 
@@ -428,7 +568,7 @@ def ssh_config(name: str | None) -> None:
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", shell_complete=completion.complete_instances)
 @click.argument("paths", nargs=-1, required=True, metavar="SOURCE... DEST")
 @click.option("-r", "--recursive", is_flag=True, help="Copy folders.")
 def copy(name: str, paths: tuple[str, ...], recursive: bool) -> None:
@@ -451,7 +591,7 @@ def copy(name: str, paths: tuple[str, ...], recursive: bool) -> None:
 
 
 @cli.command()
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=completion.complete_instances)
 @click.option(
     "--cloud-init",
     "cloud_init",
@@ -545,6 +685,36 @@ def setup(check: bool, as_json: bool) -> None:
         _print_json(report)
 
 
+@cli.command("version")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def version_command(as_json: bool) -> None:
+    """Show ccloudvm's version, QEMU's, the acceleration a VM would get and why, and the
+    state directory. (--version prints ccloudvm's version only.)"""
+    from ccloudvm import version
+
+    data = version.report(_state())
+    if as_json:
+        _print_json(data)
+        return
+    for line in version.lines(data):
+        click.echo(line)
+
+
+@cli.command("completion")
+@click.argument("shell", type=click.Choice(completion.SHELLS))
+def completion_command(shell: str) -> None:
+    """Print the shell completion script for SHELL (bash, zsh or fish).
+
+    It completes commands, options, instance, workload and image names.
+
+    \b
+    bash:  echo 'eval "$(ccloudvm completion bash)"' >> ~/.bashrc
+    zsh:   echo 'eval "$(ccloudvm completion zsh)"' >> ~/.zshrc
+    fish:  ccloudvm completion fish > ~/.config/fish/completions/ccloudvm.fish
+    """
+    click.echo(completion.script(cli, shell))
+
+
 # The other command groups live in modules of their own.
 for _command in (*cli_workloads.commands, *cli_images.commands, *cli_cluster.commands):
     cli.add_command(_command)
@@ -608,9 +778,13 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"{exc.strerror or exc}{where}", "run with --debug for the details", 1)
 
 
-def _fail(message: str, hint: str | None, code: int) -> NoReturn:
+def _print_error(message: str, hint: str | None) -> None:
     text = f"error: {message}" + (f" ({hint})" if hint else "")
     ui.console.print(
         text, markup=False, highlight=False, style="red" if sys.stderr.isatty() else None
     )
+
+
+def _fail(message: str, hint: str | None, code: int) -> NoReturn:
+    _print_error(message, hint)
     sys.exit(code)

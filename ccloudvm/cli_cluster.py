@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from ccloudvm import cluster
+from ccloudvm import cluster, completion
 from ccloudvm.instance_state import instance_names
 from ccloudvm.paths import StateDir
 
@@ -30,7 +30,7 @@ def cluster_group() -> None:
 
 
 def _vm_action(action: str) -> click.Command:
-    @click.argument("name", required=False)
+    @click.argument("name", required=False, shell_complete=completion.complete_instances)
     @click.option("-v", "--verbose", is_flag=True, help="Show the scripts' output as it comes.")
     def command(name: str | None, verbose: bool) -> None:
         from ccloudvm import instance, workflow
@@ -64,7 +64,7 @@ def baremetal_group() -> None:
 
 
 def _host_action(action: str) -> click.Command:
-    @click.argument("workload")
+    @click.argument("workload", shell_complete=completion.complete_workloads)
     @click.option("--name", help="Cluster name (default: the workload's name).")
     @click.option("-v", "--verbose", is_flag=True, help="Show the scripts' output as it comes.")
     def command(workload: str, name: str | None, verbose: bool, no_isolation: bool = False) -> None:
@@ -97,7 +97,7 @@ for _action in cluster.ACTIONS:
 
 
 @baremetal_group.command("provision")
-@click.argument("workload")
+@click.argument("workload", shell_complete=completion.complete_workloads)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation: this changes this host.")
 @click.option("-v", "--verbose", is_flag=True, help="Show the steps' output as it comes.")
 def baremetal_provision(workload: str, yes: bool, verbose: bool) -> None:

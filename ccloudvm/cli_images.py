@@ -8,7 +8,7 @@ import time
 
 import click
 
-from ccloudvm import ui
+from ccloudvm import completion, sizes, ui
 from ccloudvm.paths import StateDir
 
 
@@ -86,7 +86,7 @@ def image_group() -> None:
 
 
 @image_group.command("build")
-@click.argument("recipe")
+@click.argument("recipe", shell_complete=completion.complete_images)
 def image_build(recipe: str) -> None:
     """Build (or download) image RECIPE into the cache; again only when its recipe changed.
 
@@ -104,8 +104,12 @@ def image_build(recipe: str) -> None:
 
 
 @image_group.command("snapshot")
-@click.argument("recipe")
-@click.option("--mem", type=int, help="Memory in MiB (default: as create's).")
+@click.argument("recipe", shell_complete=completion.complete_images)
+@click.option(
+    "--mem",
+    type=sizes.MIB,
+    help="Memory: 512M, 2G, or a plain number of MiB (default: as create's).",
+)
 @click.option("--cpus", type=int, help="vCPUs (default: as create's).")
 @click.option("--nested", is_flag=True, help="For instances with nested virtualisation.")
 @click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), help="Accelerator.")
@@ -127,7 +131,7 @@ def image_snapshot(
 
 
 @image_group.command("save")
-@click.argument("instance")
+@click.argument("instance", shell_complete=completion.complete_instances)
 @click.argument("name")
 def image_save(instance: str, name: str) -> None:
     """Save stopped INSTANCE as reusable image NAME (flattened, compressed, generalised).
@@ -140,7 +144,7 @@ def image_save(instance: str, name: str) -> None:
 
 
 @image_group.command("rm")
-@click.argument("name")
+@click.argument("name", shell_complete=completion.complete_images)
 def image_rm(name: str) -> None:
     """Remove cached image NAME (refused while an instance's disk is backed by it)."""
     from ccloudvm import builds
@@ -158,7 +162,7 @@ def image_prune() -> None:
 
 
 @click.command("build")
-@click.argument("workload")
+@click.argument("workload", shell_complete=completion.complete_workloads)
 @click.option(
     "--no-cache", is_flag=True, help="Provision and save again even if this build exists."
 )

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from ccloudvm import ui
+from ccloudvm import completion, ui
 from ccloudvm.paths import StateDir
 
 
@@ -41,7 +41,7 @@ def workload_group() -> None:
 
 
 @workload_group.command("show")
-@click.argument("workload")
+@click.argument("workload", shell_complete=completion.complete_workloads)
 @click.option(
     "--name",
     default="example",
@@ -58,7 +58,7 @@ def show(workload: str, name: str) -> None:
 
 
 @click.command("provision")
-@click.argument("name")
+@click.argument("name", shell_complete=completion.complete_instances)
 @click.option(
     "-v",
     "--verbose",
@@ -79,7 +79,7 @@ def provision_command(name: str, verbose: bool) -> None:
 
 
 @click.command("verify")
-@click.argument("name")
+@click.argument("name", shell_complete=completion.complete_instances)
 def verify_command(name: str) -> None:
     """Run the workload's checks (its release criterion) in NAME: each PASS or FAIL (with
     its output), then 'N passed, N failed'; exit status 1 if any fails."""

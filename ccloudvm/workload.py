@@ -24,6 +24,7 @@ import yaml
 from ccloudvm.errors import NotFoundError, UsageError
 from ccloudvm.paths import StateDir, resource_dir
 from ccloudvm.proxy import ProxySettings
+from ccloudvm.sizes import SizeError, accepted_forms, parse_size
 from ccloudvm.specs import SECURITY_MODELS, MountSpec, PortSpec
 from ccloudvm.templating import Download, Downloads, TemplateContext, make_environment, render
 from ccloudvm.templating import variables as template_variables
@@ -481,21 +482,15 @@ def _tag_mounts(mounts: Sequence[MountSpec]) -> tuple[MountSpec, ...]:
 # ---------------------------------------------------------------------------- rendering
 
 
-_SIZE_RE = re.compile(r"(\d+)\s*([MG])(?:i?B)?", re.IGNORECASE)
-
-
 def _size(doc: _Doc, path: tuple[str | int, ...], value: int | str, unit: str) -> int:
-    """An integer in `unit` (M or G), or a string like '4G' / '512M'."""
-    if isinstance(value, int):
-        number = value
-    else:
-        match = _SIZE_RE.fullmatch(value.strip())
-        if not match:
-            raise UsageError(f"{doc.where(path)} must be a number or a size like 4G, not {value!r}")
-        number = int(match.group(1))
-        given = match.group(2).upper()
-        if given != unit:
-            number = number * 1024 if given == "G" else -(-number // 1024)
+    """An integer in `unit` (M or G), or a string like '4G', '512M' or '1.5G' (ccloudvm.sizes)."""
+    try:
+        number = parse_size(value, unit)
+    except SizeError as exc:
+        raise UsageError(
+            f"{doc.where(path)} must be a number or a size like 4G, not {value!r}",
+            hint=accepted_forms(unit),
+        ) from exc
     if number <= 0:
         raise UsageError(f"{doc.where(path)} must be positive")
     return number
