@@ -65,7 +65,7 @@ class _Group(click.Group):
     Aliases are left out of --help's list and of completion; each command's help names its own.
     """
 
-    aliases = {"ls": "instances", "list": "instances"}
+    aliases = {"ls": "instances", "list": "instances", "shell": "connect"}
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         return super().get_command(ctx, self.aliases.get(cmd_name, cmd_name))
@@ -549,9 +549,6 @@ def connect(name: str | None, command: tuple[str, ...]) -> NoReturn:
         argv = argv[1:]
     # Without a command ssh decides itself (a terminal when stdin is one).
     _exec_ssh(_pick_instance(name), argv or None, tty=bool(argv))
-
-
-cli.add_command(connect, "shell")
 
 
 @cli.command("ssh-config")
