@@ -512,6 +512,15 @@ def run(name: str, tty: bool | None, workdir: str | None, command: tuple[str, ..
               ccloudvm run dev -t -- sudo apt upgrade
     """
     argv = list(command)
+    # Options after NAME too, as users write them: run dev -t -w /srv -- CMD.
+    while argv and argv[0] in ("-t", "--tty", "-T", "--no-tty", "-w", "--workdir"):
+        flag = argv.pop(0)
+        if flag in ("-w", "--workdir"):
+            if not argv:
+                raise UsageError(f"{flag} needs a folder", hint="for example: -w /srv")
+            workdir = argv.pop(0)
+        else:
+            tty = flag in ("-t", "--tty")
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv:

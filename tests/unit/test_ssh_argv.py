@@ -129,6 +129,12 @@ def test_run_quotes_every_word_and_keeps_streams_apart(
     assert argv[-2:] == ["--", "echo 'a b' '$(id)' ';x'"]  # one string, each word quoted
     argv = _exec_of(monkeypatch, state, "run", "-t", "-w", "/srv/my app", "dev", "--", "top")
     assert "-tt" in argv and argv[-1] == "cd -- '/srv/my app' && exec top"
+    # the options after NAME, as the README writes them
+    after = _exec_of(monkeypatch, state, "run", "dev", "-t", "-w", "/srv/my app", "--", "top")
+    assert after == argv
+    # after --, -t is the command's own
+    own = _exec_of(monkeypatch, state, "run", "dev", "--", "-t")
+    assert own[-1] == "-t" and "-T" in own
 
 
 def test_connect_with_a_command_gets_a_terminal_and_shell_is_its_alias(
