@@ -16,7 +16,6 @@ stdout, the others with the script's DONE line (or a plain one) on stderr.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import re
 from collections.abc import Callable, Mapping
@@ -95,6 +94,8 @@ class ClusterNetwork:
         given = dict(values or {})
         for key in given:
             if key not in NETWORK_DEFAULTS:
+                import difflib  # only for a misspelt key: kept off start-up
+
                 close = difflib.get_close_matches(key, list(NETWORK_DEFAULTS), n=1)
                 hint = f"did you mean {close[0]!r}?" if close else None
                 raise UsageError(f"unknown cluster network parameter {key!r}", hint=hint)

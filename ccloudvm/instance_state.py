@@ -11,9 +11,7 @@ import errno
 import fcntl
 import json
 import os
-import random
 import re
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -69,6 +67,8 @@ def validate_name(name: str) -> str:
 
 
 def random_name(taken: set[str]) -> str:
+    import random  # start-up: `instances` never needs it
+
     rng = random.SystemRandom()
     for _ in range(200):
         name = f"{rng.choice(_ADJECTIVES)}-{rng.choice(_NOUNS)}"
@@ -339,6 +339,8 @@ def port_free(host: str, port: int) -> bool:
 
 
 def _bind_error(host: str, port: int) -> OSError | None:
+    import socket  # start-up: only port checks need it
+
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
