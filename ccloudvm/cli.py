@@ -30,6 +30,7 @@ from ccloudvm import (
     sizes,
     ui,
 )
+from ccloudvm.cli_snapshots import commands as snapshot_commands
 from ccloudvm.errors import CcloudvmError, CreateInterrupted, UsageError
 from ccloudvm.instance_state import creating_names, instance_names
 from ccloudvm.paths import StateDir, refuse_root_in_foreign_state
@@ -723,6 +724,8 @@ def completion_command(shell: str) -> None:
 
 # The other command groups live in modules of their own.
 for _command in (*cli_workloads.commands, *cli_images.commands, *cli_cluster.commands):
+    cli.add_command(_command)
+for _command in snapshot_commands:
     cli.add_command(_command)
 
 

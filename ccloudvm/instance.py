@@ -607,6 +607,17 @@ def start(
                 )
             ui.info(f"{name} is already running")
             return inst
+        from ccloudvm import suspend
+
+        if suspend.is_suspended(files):
+            if resize:
+                raise StateError(
+                    f"{name} is suspended; its sizes change only while it is stopped",
+                    hint=f"'ccloudvm resume {name}' continues it as it is; 'ccloudvm stop "
+                    f"{name}' discards its saved state, then start resizes it",
+                )
+            ui.info(f"{name} is suspended; resuming it")
+            return suspend.resume_locked(state, files, inst)
         if resize:
             _resize(files, inst, resize)
         if accel_mode is not None:
@@ -667,6 +678,11 @@ def stop(state: StateDir, name: str, timeout: float = STOP_TIMEOUT) -> None:
         inst.desired = "stopped"
         save_state(files, inst)
         if pid is None:
+            from ccloudvm import suspend
+
+            if suspend.discard(files):
+                ui.info(f"{name} was suspended; its saved state is discarded, it is stopped")
+                return
             ui.info(f"{name} is already stopped")
             return
         with ui.spinner(f"Stopping {name}"):

@@ -162,6 +162,8 @@ class InstanceFiles:
     lock = property(lambda self: self.dir / "lock")
     instance_id = property(lambda self: self.dir / "instance-id")
     creating = property(lambda self: self.dir / "creating")  # the creating process
+    suspended = property(lambda self: self.dir / "suspended")  # ccloudvm.suspend's state
+    snapshots = property(lambda self: self.dir / "snapshots")  # ccloudvm.snapshots
 
 
 def mark_creating(files: InstanceFiles) -> None:

@@ -22,6 +22,8 @@ def status(state: StateDir, name: str) -> dict[str, Any]:
     pid = process.running_pid(files.pidfile, files.dir)
     if making is not None:
         run_state = making  # a create that runs, or one that ended without a ready guest
+    elif pid is None and (files.suspended / "suspend.json").is_file():
+        run_state = "suspended"  # ccloudvm.suspend: the running state saved, QEMU gone
     elif pid is None:
         run_state = "crashed" if inst.desired == "running" else "stopped"
     else:
