@@ -8,6 +8,7 @@ import logging
 import socket
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,13 @@ GREETING = {
 }
 
 
+@dataclass(frozen=True)
+class Refuse:
+    """An error reply of the fake monitor to a command, as QEMU's GenericError."""
+
+    desc: str
+
+
 class FakeMonitor:
     """A QMP server on a unix socket: greeting, qmp_capabilities, then commands.
 
@@ -30,8 +38,16 @@ class FakeMonitor:
     command with the id it came with, and closes the connection after `quit`.
     """
 
-    def __init__(self, path: Path, status: str = "running", answer_quit: bool = True) -> None:
+    def __init__(
+        self,
+        path: Path,
+        status: str = "running",
+        answer_quit: bool = True,
+        answers: dict[str, Any] | None = None,
+    ) -> None:
         self.path = path
+        # Further commands and their "return" value; an `Refuse` value is an error reply.
+        self.answers = answers or {}
         self.status = status
         self.answer_quit = answer_quit
         self.commands: list[str] = []
@@ -88,6 +104,12 @@ class FakeMonitor:
                 elif command == "system_powerdown":
                     send({"return": {}, **reply})
                     send({"event": "POWERDOWN", "data": {}, "timestamp": {"seconds": 1, "microseconds": 0}})  # fmt: skip
+                elif command in self.answers:
+                    answer = self.answers[command]
+                    if isinstance(answer, Refuse):
+                        send({"error": {"class": "GenericError", "desc": answer.desc}, **reply})
+                    else:
+                        send({"return": answer, **reply})
                 elif command == "quit":
                     if self.answer_quit:
                         send({"return": {}, **reply})
