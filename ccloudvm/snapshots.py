@@ -153,8 +153,8 @@ def _save_running(
 ) -> dict[str, Any]:
     if inst.drives:
         raise UsageError(
-            f"cannot snapshot {inst.name!r}'s running state: its extra --drive disks would "
-            "not be part of it",
+            f"cannot snapshot the running state of {inst.name!r}: its extra --drive disks "
+            "would not be part of it",
             hint=f"stop {inst.name} for a snapshot of its own disk only",
         )
     fingerprint = vmstate.fingerprint(state, files, inst)

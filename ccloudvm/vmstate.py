@@ -237,10 +237,10 @@ def unmount_shares(target: SSHTarget, inst: InstanceState) -> GuestMounts:
         if code != 0:
             remount_shares(target, GuestMounts(tuple(done)))
             raise StateError(
-                f"cannot save {inst.name!r}'s running state: the share {mount.guest_path} "
+                f"cannot save the running state of {inst.name!r}: the share {mount.guest_path} "
                 "is in use in the guest, and QEMU cannot save a guest with a 9p share mounted",
-                hint=f"leave {mount.guest_path} in the guest (shells, open files) and retry, "
-                f"or stop {inst.name} for a disk-only snapshot",
+                hint=f"end what uses {mount.guest_path} in the guest (a shell in it, an open "
+                f"file) and retry, or stop {inst.name} for a disk-only snapshot",
             )
         if "unmounted" in out:
             done.append(mount.guest_path)

@@ -97,7 +97,7 @@ def test_snapshots_and_suspend(cli: CLI, tmp_path: Path) -> None:
     assert _state(cli) == "running"
     assert "hello from the host" in cli("run", NAME, "--", "cat", "/mnt/shared/from-host.txt").out
     cli("run", NAME, "--", "sh", "-c",
-        "echo after > ~/marker && echo new > ~/new.txt && pkill -f http.server; sync")  # fmt: skip
+        "echo after > ~/marker && echo new > ~/new.txt && pkill -f 'http[.]server'; sync")  # fmt: skip
 
     restored = cli("snapshot", "restore", NAME, "s1")
     assert "restored to snapshot s1" in restored.err, restored.err
