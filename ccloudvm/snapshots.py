@@ -189,6 +189,14 @@ def _qemu_img_snapshot(action: str, snap: str, disk: Path) -> None:
     run(["qemu-img", "snapshot", action, internal_name(snap), disk])
 
 
+def _keep_disk_size(disk: Path, size_gib: int) -> None:
+    """Applying an internal snapshot gives the disk the size it had then: a disk grown
+    since (start --disk) gets its size back, so the instance's record stays true."""
+    info = json.loads(run(["qemu-img", "info", "--output=json", disk]).stdout)
+    if int(info["virtual-size"]) < size_gib * 2**30:
+        run(["qemu-img", "resize", "-q", disk, f"{size_gib}G"])
+
+
 def _disk_snapshots(disk: Path) -> set[str]:
     info = json.loads(run(["qemu-img", "info", "--output=json", "-U", disk]).stdout)
     return {str(s.get("name")) for s in info.get("snapshots", [])}
@@ -241,6 +249,7 @@ def restore(state: StateDir, name: str, snap: str | None = None) -> str:
         inst.desired = "stopped"
         save_state(files, inst)
         _qemu_img_snapshot("-a", snap, files.disk)
+        _keep_disk_size(files.disk, inst.disk_gib)
         if not memory:
             ui.info(f"{name}'s disk is back to snapshot {snap}; 'ccloudvm start {name}' boots it")
             return snap

@@ -29,7 +29,7 @@ from ccloudvm.status import status
 
 @pytest.fixture
 def stopped(tmp_path: Path) -> tuple[StateDir, InstanceFiles]:
-    """A stopped instance with a real 64 MiB qcow2 disk."""
+    """A stopped instance with a real (sparse) 1 GiB qcow2 disk."""
     state = StateDir.from_env()
     files = files_of(state, "dev")
     files.dir.mkdir(parents=True)
@@ -39,7 +39,7 @@ def stopped(tmp_path: Path) -> tuple[StateDir, InstanceFiles]:
         guest_user="ccloudvm", desired="stopped",
     )  # fmt: skip
     save_state(files, inst)
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", files.disk, "64M"], check=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", files.disk, "1G"], check=True)
     return state, files
 
 
@@ -89,6 +89,21 @@ def test_a_stopped_instance_is_snapshotted_disk_only_and_restored(
 
     snapshots.remove(state, "dev", "before")
     assert _internal(files.disk) == [] and snapshots.list_snapshots(state, "dev") == []
+
+
+def test_a_disk_grown_since_the_snapshot_keeps_its_size_on_restore(
+    stopped: tuple[StateDir, InstanceFiles],
+) -> None:
+    state, files = stopped
+    snapshots.save(state, "dev", "small")
+    subprocess.run(["qemu-img", "resize", "-q", files.disk, "2G"], check=True)
+    inst = load_state(state, "dev")
+    inst.disk_gib = 2  # what start --disk 2G records
+    save_state(files, inst)
+    snapshots.restore(state, "dev", "small")
+    info = subprocess.run(["qemu-img", "info", "--output=json", files.disk],
+                          capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert json.loads(info)["virtual-size"] == 2 * 2**30
 
 
 def test_restore_without_a_name_takes_the_newest(stopped: tuple[StateDir, InstanceFiles]) -> None:
