@@ -449,7 +449,8 @@ def instances_command(fmt: str | None, as_json: bool, quiet: bool) -> None:
 
     STATE: running, stopped, crashed (QEMU died though nobody stopped it), creating (a
     create is at work, from its image download on), failed (a create ended without a
-    ready guest: 'ccloudvm logs NAME' shows why, 'ccloudvm delete NAME' removes it).
+    ready guest: 'ccloudvm logs NAME' shows why, 'ccloudvm delete NAME' removes it),
+    suspended ('ccloudvm resume NAME' continues it).
     CSV has every field of --format json, a list's items joined by '; '.
     """
     chosen = formats.choose(fmt, as_json)

@@ -612,7 +612,7 @@ def start(
         if suspend.is_suspended(files):
             if resize:
                 raise StateError(
-                    f"{name} is suspended; its sizes change only while it is stopped",
+                    f"{name!r} is suspended; its sizes change only while it is stopped",
                     hint=f"'ccloudvm resume {name}' continues it as it is; 'ccloudvm stop "
                     f"{name}' discards its saved state, then start resizes it",
                 )

@@ -246,3 +246,14 @@ def test_bad_input_is_one_line_without_traceback(
         line for line in result.stderr.splitlines() if line.startswith("error:")
     ]
     assert needle in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_suspended_instance_is_not_resized_by_start(
+    stopped: tuple[StateDir, InstanceFiles],
+) -> None:
+    state, files = stopped
+    _suspend_by_hand(files, {})
+    before = files.state.read_text()
+    with pytest.raises(StateError, match="'dev' is suspended; its sizes change only while"):
+        instance.start(state, "dev", resize=instance.Resize(mem_mib=2048))
+    assert files.state.read_text() == before and suspend.is_suspended(files)
