@@ -253,6 +253,9 @@ def _launch(
         files.serial.replace(files.serial.with_suffix(".log.1"))
     if not port_free(inst.host_ip, inst.ssh_port):
         inst.ssh_port = pick_ssh_port(inst.host_ip, inst.ssh_port + 1)
+        # The pinned host key names the port (system ssh reads it): pin it on the new one.
+        public = files.host_key_pub.read_text().strip()
+        files.known_hosts.write_text(known_hosts_line(inst.host_ip, inst.ssh_port, public) + "\n")
     _check_ports(inst.port_specs(), inst.host_ip)
     argv = qemu.command_line(qemu_bin, _machine(state, files, inst, acc))
     if restore is not None:

@@ -5,6 +5,7 @@ leave the instance as it was. (The running side is tests/e2e/test_snapshots.py.)
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from ccloudvm import instance, snapshots, suspend, vmstate
+from ccloudvm.accel import Acceleration
 from ccloudvm.errors import NotFoundError, StateError, UsageError
 from ccloudvm.instance_state import (
     ImageRef,
@@ -257,3 +259,29 @@ def test_a_suspended_instance_is_not_resized_by_start(
     with pytest.raises(StateError, match="'dev' is suspended; its sizes change only while"):
         instance.start(state, "dev", resize=instance.Resize(mem_mib=2048))
     assert files.state.read_text() == before and suspend.is_suspended(files)
+
+
+def test_a_start_on_another_ssh_port_pins_the_host_key_there(
+    stopped: tuple[StateDir, InstanceFiles], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another VM took the SSH port while this one was suspended or stopped: the new port
+    gets the pinned host key, or system ssh (connect, run) refuses the guest."""
+    state, files = stopped
+    files.host_key_pub.write_text(
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK0wmN/Cr3JXqmLW7u+g9pTh+wyqDHpSQEIQczXkVx9q\n"
+    )
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    inst = load_state(state, "dev")
+    inst.host_ip, inst.ssh_port = "127.0.0.1", taken.getsockname()[1]
+    monkeypatch.setattr(instance, "require_tool", lambda name: name)
+    monkeypatch.setattr(
+        instance, "run", lambda argv, check=True: subprocess.CompletedProcess(argv, 0, "", "")
+    )
+    try:
+        instance._launch(state, files, inst, Acceleration("tcg", False, "test"))
+    finally:
+        taken.close()
+    assert f"[127.0.0.1]:{inst.ssh_port} ssh-ed25519 " in files.known_hosts.read_text()
+    assert load_state(state, "dev").ssh_port == inst.ssh_port
