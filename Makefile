@@ -63,6 +63,7 @@ lint: venv
 # Figures, never assertions: the new user's path (issue 10), then the boot benchmark.
 bench: setup
 	$(PY) bench/user_path.py
+	$(PY) bench/snapshots.py
 	$(PY) bench/boot.py
 
 clean:
