@@ -109,9 +109,10 @@ def subid_report() -> str | None:
 
 
 # The libvirt driver is optional: setup reports it and installs nothing for it.
-LIBVIRT_INSTALL = "make libvirt (apt-get install --no-install-recommends " + (
+LIBVIRT_INSTALL = (
+    "run 'make libvirt' in ccloudvm's source, or 'apt-get install --no-install-recommends "
     "libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libxml2-utils libvirt-dev "
-    "pkg-config gcc; pip install 'ccloudvm[libvirt]')"
+    "pkg-config gcc' and 'pip install ccloudvm[libvirt]'"
 )
 
 
@@ -133,5 +134,5 @@ def libvirt_report() -> str | None:
         ui.info(f"{'libvirt':20} {'ok':8} the libvirt driver (create --driver libvirt)")
         return None
     ui.info(f"{'libvirt':20} {'no':8} optional, for --driver libvirt: {problem}")
-    ui.info(f"{'':20} {'':8} to use it: {LIBVIRT_INSTALL}")
+    ui.info(f"{'':20} {'':8} to use it, {LIBVIRT_INSTALL}")
     return problem

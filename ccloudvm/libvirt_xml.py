@@ -81,13 +81,21 @@ def parse_drive(drive: str) -> tuple[str, str]:
 
 
 def domain_xml(
-    cfg: MachineConfig, *, backing: Path | None = None, owner: str = "", emulator: str = ""
+    cfg: MachineConfig,
+    *,
+    backing: Path | None = None,
+    owner: str = "",
+    uuid: str = "",
+    emulator: str = "",
 ) -> str:
     """The domain for `cfg`. `backing` is the overlay's backing file (qcow2), `owner` the
-    instance folder recorded in the metadata that marks the domain as ccloudvm's."""
+    instance folder recorded in the metadata that marks the domain as ccloudvm's, `uuid`
+    the one libvirt gave it when it was first defined (a redefinition must keep it)."""
     kvm = cfg.accel.is_kvm
     domain = ET.Element("domain", {"type": "kvm" if kvm else "qemu"})
     _sub(domain, "name", cfg.name)
+    if uuid:
+        _sub(domain, "uuid", uuid)
     _sub(domain, "description", "made by ccloudvm; 'ccloudvm delete' removes it")
     metadata = _sub(domain, "metadata")
     _sub(metadata, f"{{{CCLOUDVM_NS}}}instance", dir=owner)
