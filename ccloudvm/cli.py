@@ -450,6 +450,7 @@ _INSTANCE_COLUMNS: list[formats.Column] = [
     ("MEM", lambda r: f"{r['mem_mib']} MiB"),
     ("SSH", lambda r: r["ssh"]),
     ("PORTS", lambda r: r["ports"]),
+    ("DRIVER", lambda r: _driver_cell(r["driver"])),
 ]
 
 
@@ -483,6 +484,17 @@ def instances_command(fmt: str | None, as_json: bool, quiet: bool) -> None:
         ui.info("no instances (create one with 'ccloudvm create debian')")
         return
     click.echo(formats.render_list(rows, chosen, _INSTANCE_COLUMNS), nl=False)
+
+
+def _driver_cell(driver: str) -> str:
+    """'qemu', or 'libvirt' and where its domain runs: 'libvirt (local)', 'libvirt@HOST'."""
+    kind, _, uri = driver.partition(" ")
+    if kind != "libvirt":
+        return kind
+    from urllib.parse import urlsplit
+
+    host = urlsplit(uri).hostname
+    return f"libvirt@{host}" if host else "libvirt (local)"
 
 
 @cli.command()

@@ -102,3 +102,25 @@ def test_a_remote_libvirt_is_refused_for_now(tmp_path: Path) -> None:
     pytest.importorskip("libvirt")
     result = _create(tmp_path, "--driver", "libvirt", "--connect", "qemu+ssh://u@h/system")
     _one_line(result, 2, "not supported yet")
+
+
+def test_instances_shows_the_driver_and_where_it_runs(tmp_path: Path) -> None:
+    state = StateDir(tmp_path)
+    for name, driver, uri in (("one", "qemu", ""), ("two", "libvirt", "qemu:///session")):
+        files = files_of(state, name)
+        files.dir.mkdir(parents=True)
+        save_state(files, _state_of(name=name, driver=driver, connect=uri, desired="stopped"))
+    result = subprocess.run(  # noqa: S603 - the tool under test, fixed argv
+        [sys.executable, "-m", "ccloudvm", "instances"],
+        env={**os.environ, "CCLOUDVM_HOME": str(tmp_path), "COLUMNS": "200"},
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
+    assert rows["one"].rstrip().endswith("qemu"), result.stdout
+    assert rows["two"].rstrip().endswith("libvirt (local)"), result.stdout
+    as_json = {r["name"]: r["driver"] for r in json.loads(subprocess.run(  # noqa: S603
+        [sys.executable, "-m", "ccloudvm", "instances", "--json"],
+        env={**os.environ, "CCLOUDVM_HOME": str(tmp_path)},
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60, check=True,
+    ).stdout)}  # fmt: skip
+    assert as_json == {"one": "qemu", "two": "libvirt qemu:///session"}
