@@ -8,11 +8,19 @@ CCLOUDVM := $(VENV)/bin/ccloudvm
 # Host programs the tool and its tests use (Debian package names).
 HOST_PACKAGES := qemu-system-x86 qemu-utils openssh-client mmdebstrap e2fsprogs \
 	dnsmasq-base iproute2 iptables nftables shellcheck busybox-static uidmap
+# The libvirt driver's (optional: `make setup LIBVIRT=1`, or `make libvirt`): the daemon
+# with only its QEMU driver (no libvirt-daemon-system: no systemd units, no default
+# network, so no virbr0), virsh and virt-xml-validate (+ xmllint), and what building
+# libvirt-python from PyPI needs. Installed without recommends, which would pull in the
+# LXC, Xen and VirtualBox drivers and lvm2.
+LIBVIRT_PACKAGES := libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libxml2-utils \
+	libvirt-dev pkg-config gcc
+LIBVIRT ?=
 DEMO ?= demo
 
-.PHONY: setup host-packages venv demo test unit e2e lint bench clean
+.PHONY: setup host-packages venv libvirt demo test unit e2e lint bench clean
 
-setup: venv host-packages
+setup: venv host-packages $(if $(filter 1,$(LIBVIRT)),libvirt)
 
 venv: $(VENV)/.installed
 
@@ -22,13 +30,22 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
+# The libvirt driver: its host packages, then the `libvirt` extra (libvirt-python, built
+# against the host's libvirt; the venv's Python is not Debian's, so python3-libvirt would
+# not do). `ccloudvm setup` says whether the driver is usable.
+libvirt: venv
+	$(MAKE) --no-print-directory host-packages HOST_PACKAGES="$(LIBVIRT_PACKAGES)" \
+		APT_OPTIONS=--no-install-recommends
+	$(PY) -m pip install -q -e '.[test,libvirt]'
+
 # Installs only what is missing; needs root (or passwordless sudo) when something is.
+APT_OPTIONS ?=
 host-packages:
 	@missing=$$(for p in $(HOST_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing host packages:" $$missing; \
 		sudo=; [ "$$(id -u)" = 0 ] || sudo="sudo -n"; \
-		$$sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q $$missing; \
+		$$sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q $(APT_OPTIONS) $$missing; \
 	fi
 
 # Set up, get an image, create a VM, run a command in it, list instances.
@@ -45,8 +62,9 @@ demo: setup
 	$(CCLOUDVM) instances
 	@echo "The demo instance keeps running: '$(CCLOUDVM) connect $(DEMO)' opens a shell, '$(CCLOUDVM) delete $(DEMO)' removes it (or put $(CURDIR)/$(VENV)/bin on PATH)."
 
-# Unit tests, lint, then end-to-end tests on real VMs (TCG where KVM does not work).
-test: setup
+# Unit tests, lint, then end-to-end tests on real VMs (TCG where KVM does not work). The
+# libvirt driver is set up too, so that none of its tests is skipped.
+test: setup libvirt
 	$(PY) -m pytest -q tests/unit tests/e2e
 
 unit: venv

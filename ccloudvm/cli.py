@@ -163,6 +163,18 @@ _ROOT_MAY_RUN = {None, "setup", "version", "completion"}
     help="Accelerator (default auto; env CCLOUDVM_ACCEL).",
 )
 @click.option(
+    "--driver",
+    type=click.Choice(["qemu", "libvirt"]),
+    default="qemu",
+    show_default=True,
+    help="What runs the VM: QEMU started by ccloudvm, or a libvirt domain (kept for its life).",
+)
+@click.option(
+    "--connect",
+    metavar="URI",
+    help="The libvirt URI for --driver libvirt (default qemu:///session).",
+)
+@click.option(
     "--no-proxy-propagation",
     is_flag=True,
     help="Do not carry the host's proxy settings into the guest.",
@@ -194,7 +206,7 @@ _ROOT_MAY_RUN = {None, "setup", "version", "completion"}
 )
 def create(workload: str, name: str | None, mem: int | None, cpus: int | None, disk: int | None,
            mounts: tuple[str, ...], ports: tuple[str, ...], drives: tuple[str, ...], image: str | None,
-           accel: str | None, no_proxy_propagation: bool, ca_certs: tuple[Path, ...], no_cache: bool,
+           accel: str | None, driver: str, connect: str | None, no_proxy_propagation: bool, ca_certs: tuple[Path, ...], no_cache: bool,
            timeout: float, verbose: bool) -> None:  # fmt: skip
     """Create an instance of WORKLOAD, boot it and provision it.
 
@@ -204,7 +216,7 @@ def create(workload: str, name: str | None, mem: int | None, cpus: int | None, d
     NAME --provision'.
     """
     from ccloudvm import accel as accel_mod
-    from ccloudvm import workflow
+    from ccloudvm import drivers, workflow
 
     options = workflow.CreateOptions(
         name=name, mem_mib=mem, cpus=cpus, disk_gib=disk,
@@ -214,6 +226,7 @@ def create(workload: str, name: str | None, mem: int | None, cpus: int | None, d
         accel_mode=accel_mod.requested_mode(accel),
         propagate_proxy=not no_proxy_propagation, ca_certs=list(ca_certs),
         use_cache=not no_cache, timeout=timeout, verbose=verbose,
+        driver=driver, connect=drivers.check_choice(driver, connect),
     )  # fmt: skip
     inst = workflow.create(_state(), workload, options)
     ui.info(f"\nConnect with: ccloudvm connect {inst.name}   (or: ccloudvm run {inst.name} -- CMD)")
@@ -438,6 +451,7 @@ _INSTANCE_COLUMNS: list[formats.Column] = [
     ("MEM", lambda r: f"{r['mem_mib']} MiB"),
     ("SSH", lambda r: r["ssh"]),
     ("PORTS", lambda r: r["ports"]),
+    ("DRIVER", lambda r: _driver_cell(r["driver"])),
 ]
 
 
@@ -472,6 +486,17 @@ def instances_command(fmt: str | None, as_json: bool, quiet: bool) -> None:
         ui.info("no instances (create one with 'ccloudvm create debian')")
         return
     click.echo(formats.render_list(rows, chosen, _INSTANCE_COLUMNS), nl=False)
+
+
+def _driver_cell(driver: str) -> str:
+    """'qemu', or 'libvirt' and where its domain runs: 'libvirt (local)', 'libvirt@HOST'."""
+    kind, _, uri = driver.partition(" ")
+    if kind != "libvirt":
+        return kind
+    from urllib.parse import urlsplit
+
+    host = urlsplit(uri).hostname
+    return f"libvirt@{host}" if host else "libvirt (local)"
 
 
 @cli.command()

@@ -65,6 +65,7 @@ def setup(state: StateDir, *, install: bool) -> dict[str, Any]:
         mark = "missing" if name in missing else "ok"
         ui.info(f"{name:20} {mark:8} {purpose}")
     subids = subid_report()
+    libvirt = libvirt_report()
     acc = accel.detect(mode=accel.requested_mode(None), run_dir=state.run)
     ui.info(
         f"acceleration: {acc.accel.upper()}"
@@ -82,6 +83,7 @@ def setup(state: StateDir, *, install: bool) -> dict[str, Any]:
         "nested": acc.nested,
         "reason": acc.reason,
         "subids": subids,
+        "libvirt": libvirt,
         "state_dir": str(state.root),
     }
 
@@ -104,3 +106,33 @@ def subid_report() -> str | None:
             ui.warn(f"{blocked}: images cannot be built without root; {imagebuild.USERNS_HINT}")
             return blocked
     return None
+
+
+# The libvirt driver is optional: setup reports it and installs nothing for it.
+LIBVIRT_INSTALL = (
+    "run 'make libvirt' in ccloudvm's source, or 'apt-get install --no-install-recommends "
+    "libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libxml2-utils libvirt-dev "
+    "pkg-config gcc' and 'pip install ccloudvm[libvirt]'"
+)
+
+
+def libvirt_problem() -> str | None:
+    """Why `create --driver libvirt` cannot work here, or None."""
+    import importlib.util
+
+    if importlib.util.find_spec("libvirt") is None:
+        return "libvirt-python is not installed in ccloudvm's Python"
+    if find_program("libvirtd") is None and find_program("virtqemud") is None:
+        return "no libvirt daemon (libvirtd or virtqemud) is installed"
+    return None
+
+
+def libvirt_report() -> str | None:
+    """Say whether the libvirt driver is usable; the problem, or None."""
+    problem = libvirt_problem()
+    if problem is None:
+        ui.info(f"{'libvirt':20} {'ok':8} the libvirt driver (create --driver libvirt)")
+        return None
+    ui.info(f"{'libvirt':20} {'no':8} optional, for --driver libvirt: {problem}")
+    ui.info(f"{'':20} {'':8} to use it, {LIBVIRT_INSTALL}")
+    return problem

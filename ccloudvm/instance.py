@@ -8,7 +8,6 @@ instance stays for inspection (`logs`, `connect`) and `delete` removes it.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import re
@@ -19,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ccloudvm import accel, images, keys, process, qemu, qmp, ready, seed, ui, warmboot
+from ccloudvm import accel, drivers, images, keys, process, qemu, ready, seed, ui, warmboot
 from ccloudvm.defaults import (
     BOOT_TIMEOUT,
     DEFAULT_DISK_GIB,
@@ -73,6 +72,8 @@ class CreateRequest:
     workload_ref: str = ""
     propagate_proxy: bool = True
     proxy: str = ""  # what proxy propagation wrote into the guest (proxy.describe)
+    driver: str = "qemu"
+    connect: str = ""  # libvirt URI (drivers.check_choice fills in the default)
 
 
 # ---------------------------------------------------------------- validation
@@ -244,8 +245,8 @@ def _launch(
     acc: accel.Acceleration | None = None,
     restore: warmboot.Snapshot | None = None,
 ) -> None:
-    """Start QEMU for the instance: a cold boot, or a warm one from `restore`."""
-    qemu_bin = require_tool("qemu-system-x86_64")
+    """Start the machine for the instance: a cold boot, or a warm one from `restore`."""
+    driver = drivers.for_instance(files, inst)
     acc = acc or _acceleration(state, inst)
     for stale in (files.qmp, files.pidfile):
         stale.unlink(missing_ok=True)
@@ -257,24 +258,16 @@ def _launch(
         public = files.host_key_pub.read_text().strip()
         files.known_hosts.write_text(known_hosts_line(inst.host_ip, inst.ssh_port, public) + "\n")
     _check_ports(inst.port_specs(), inst.host_ip)
-    argv = qemu.command_line(qemu_bin, _machine(state, files, inst, acc))
-    if restore is not None:
-        argv += ["-incoming", "defer"]
+    driver.define(_machine(state, files, inst, acc), restore)
     inst.accel_used = acc.accel
     inst.desired = "running"
     save_state(files, inst)
-    result = run(argv, check=False)
-    if result.returncode != 0:
+    try:
+        driver.start()
+    except drivers.LaunchFailed:
         inst.desired = "stopped"
         save_state(files, inst)
-        reason = (result.stdout or "").strip().splitlines()
-        raise CcloudvmError(
-            f"QEMU failed to start {inst.name!r}: {reason[-1] if reason else 'no output'}",
-            hint="run with --debug to see the QEMU command line",
-        )
-    files.qmp.parent.chmod(0o700)
-    if restore is not None:
-        warmboot.restore(files.qmp, restore, inst.disk_gib * 2**30)
+        raise
 
 
 def _wait_ready(
@@ -283,8 +276,7 @@ def _wait_ready(
     deadline = time.monotonic() + timeout
     start = time.monotonic()
 
-    def alive() -> bool:
-        return process.running_pid(files.pidfile, files.dir) is not None
+    alive = drivers.for_instance(files, inst).is_running
 
     with ui.spinner(f"Booting {inst.name}", stage_lines=True) as status:
         ready.wait_for_marker(
@@ -340,6 +332,10 @@ def create(state: StateDir, req: CreateRequest) -> InstanceState:
     _check_drives(req.drives)
     host_ip = allocate_host_ip({s.host_ip for s in all_states(state)})
     _check_ports(req.ports, host_ip)
+    if req.driver == "libvirt":  # the URI answers; no domain of that name is someone else's
+        from ccloudvm import libvirt_driver
+
+        libvirt_driver.check_create(req.connect, name, state.instance_dir(name))
     require_tool("qemu-system-x86_64")
     require_tool("qemu-img")
     files = files_of(state, name)
@@ -363,7 +359,9 @@ def create(state: StateDir, req: CreateRequest) -> InstanceState:
 
         # Images whose guest can wait for its seed start from a snapshot (ccloudvm.warmboot);
         # their instances get the fixed mount slots such a snapshot's guest already knows.
+        # (Not under libvirt: a snapshot is loaded over QMP, which libvirt keeps to itself.)
         slots = warmboot.MOUNT_SLOTS if warmboot.fits(base, mounts, req.drives) else 0
+        slots = slots if req.driver == "qemu" else 0
         if slots:
             mounts = warmboot.slot_mounts(mounts)
         host_ip = reserve_host_ip(state, files)
@@ -390,6 +388,8 @@ def create(state: StateDir, req: CreateRequest) -> InstanceState:
                 propagate_proxy=req.propagate_proxy,
                 proxy=req.proxy,
                 mount_slots=slots,
+                driver=req.driver,
+                connect=req.connect,
             )
             files.known_hosts.write_text(
                 known_hosts_line(inst.host_ip, inst.ssh_port, host_key.public_openssh) + "\n"
@@ -425,7 +425,7 @@ def create(state: StateDir, req: CreateRequest) -> InstanceState:
         # An interruption (^C, SIGTERM, SIGHUP: not an Exception) removes even a guest
         # that started; a guest that started but failed otherwise stays for inspection.
         if made_dir and (not launched or not isinstance(exc, Exception)):
-            _force_off(files)
+            _discard_machine(state, files)
             shutil.rmtree(files.dir, ignore_errors=True)
         raise
 
@@ -602,7 +602,7 @@ def start(
     load_state(state, name)  # a missing instance fails here, before a lock file is made
     with instance_lock(files):
         inst = load_state(state, name)  # as it is now, not before the lock
-        if process.running_pid(files.pidfile, files.dir) is not None:
+        if drivers.for_instance(files, inst).is_running():
             if resize:
                 raise StateError(
                     f"{name} is running; its sizes change only while it is stopped",
@@ -677,10 +677,11 @@ def stop(state: StateDir, name: str, timeout: float = STOP_TIMEOUT) -> None:
     load_state(state, name)  # a missing instance fails here, before a lock file is made
     with instance_lock(files):
         inst = load_state(state, name)  # as it is now, not before the lock
-        pid = process.running_pid(files.pidfile, files.dir)
+        driver = drivers.for_instance(files, inst)
+        running = driver.is_running()
         inst.desired = "stopped"
         save_state(files, inst)
-        if pid is None:
+        if not running:
             from ccloudvm import suspend
 
             if suspend.discard(files):
@@ -689,14 +690,7 @@ def stop(state: StateDir, name: str, timeout: float = STOP_TIMEOUT) -> None:
             ui.info(f"{name} is already stopped")
             return
         with ui.spinner(f"Stopping {name}"):
-            with contextlib.suppress(qmp.QMPUnavailable):
-                qmp.system_powerdown(files.qmp)
-            if not process.wait_gone(pid, files.dir, timeout):
-                ui.warn(f"{name} did not power off within {timeout:.0f} s; quitting QEMU")
-                qmp.quit(files.qmp)
-                if not process.wait_gone(pid, files.dir, 10):
-                    process.kill(pid, files.dir)
-        files.qmp.unlink(missing_ok=True)
+            driver.stop(timeout)
         ui.info(f"{name} stopped")
 
 
@@ -708,18 +702,23 @@ def quit_instance(state: StateDir, name: str) -> None:
         inst = load_state(state, name)  # as it is now, not before the lock
         inst.desired = "stopped"
         save_state(files, inst)
-        _force_off(files)
+        drivers.for_instance(files, inst).quit()
         ui.info(f"{name} quit")
 
 
 def _force_off(files: InstanceFiles) -> None:
-    pid = process.running_pid(files.pidfile, files.dir)
-    if pid is None:
+    drivers.force_off(files)
+
+
+def _discard_machine(state: StateDir, files: InstanceFiles) -> None:
+    """Stop the instance's machine at once and make its driver forget it (libvirt's
+    domain), before its folder goes. A damaged or missing state: the QEMU we started."""
+    try:
+        inst = load_state(state, files.dir.name)
+    except CcloudvmError:
+        _force_off(files)
         return
-    qmp.quit(files.qmp)
-    if not process.wait_gone(pid, files.dir, 10):
-        process.kill(pid, files.dir)
-    files.qmp.unlink(missing_ok=True)
+    drivers.for_instance(files, inst).delete()
 
 
 def delete(state: StateDir, name: str) -> None:
@@ -729,7 +728,7 @@ def delete(state: StateDir, name: str) -> None:
     if not files.dir.exists():
         raise UsageError(f"no instance named {name!r}", hint="'ccloudvm instances' lists them")
     with instance_lock(files):
-        _force_off(files)
+        _discard_machine(state, files)
         shutil.rmtree(files.dir)
     ui.info(f"{name} deleted")
 

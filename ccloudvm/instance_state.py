@@ -117,6 +117,8 @@ class InstanceState:
     workload_ref: str = ""  # what the user named: a bundled name, a path or a URL
     propagate_proxy: bool = True
     proxy: str = ""  # what proxy propagation wrote into the guest, shown by status
+    driver: str = "qemu"  # what runs the machine (ccloudvm.drivers): qemu or libvirt
+    connect: str = ""  # the libvirt URI, for the libvirt driver
 
     def port_specs(self) -> list[PortSpec]:
         return [PortSpec.parse(p) for p in self.ports]

@@ -27,13 +27,9 @@ def status(state: StateDir, name: str) -> dict[str, Any]:
     elif pid is None:
         run_state = "crashed" if inst.desired == "running" else "stopped"
     else:
-        from ccloudvm import qmp  # asyncio and qemu.qmp: only when QEMU is there to ask
+        from ccloudvm import drivers  # QMP (asyncio) or libvirt: only when there is a machine
 
-        try:
-            guest = qmp.query_status(files.qmp)
-        except qmp.QMPUnavailable:
-            guest = "unknown"
-        run_state = "running" if guest == "running" else guest
+        run_state = drivers.for_instance(files, inst).status()
     return {
         "name": inst.name,
         "state": run_state,
@@ -44,6 +40,7 @@ def status(state: StateDir, name: str) -> dict[str, Any]:
         "cpus": inst.cpus,
         "disk_gib": inst.disk_gib,
         "accel": inst.accel_used,
+        "driver": f"libvirt {inst.connect}" if inst.driver == "libvirt" else inst.driver,
         # How it first booted: from a warm-boot snapshot of its image, or cold.
         "boot": "warm" if inst.warm_snapshot else "cold",
         "ssh": f"{inst.guest_user}@{inst.host_ip}:{inst.ssh_port}",
@@ -58,6 +55,6 @@ def _early_status(name: str, making: str, files: InstanceFiles) -> dict[str, Any
     """The row of an instance whose create has not written its state yet."""
     return {
         "name": name, "state": making, "pid": None, "workload": "-", "image": "-",
-        "mem_mib": 0, "cpus": 0, "disk_gib": 0, "accel": "", "boot": "-", "ssh": "-",
+        "mem_mib": 0, "cpus": 0, "disk_gib": 0, "accel": "", "driver": "-", "boot": "-", "ssh": "-",
         "ports": [], "mounts": [], "proxy": "-", "directory": str(files.dir),
     }  # fmt: skip

@@ -55,6 +55,8 @@ class CreateOptions:
     use_cache: bool = True
     timeout: float = defaults.BOOT_TIMEOUT
     verbose: bool = False  # print provision steps' output as it comes
+    driver: str = "qemu"  # ccloudvm.drivers: qemu or libvirt
+    connect: str = ""  # the libvirt URI
 
 
 def resolve(state: StateDir, ref: str, name: str, *, propagate_proxy: bool = True,
@@ -150,6 +152,8 @@ def build_request(
         mounts=_merge_mounts(workload, options.mounts),
         drives=drives + options.drives,
         accel_mode=options.accel_mode,
+        driver=options.driver,
+        connect=options.connect,
         nested=workload.needs_nested_vm,
         user_data=workload.user_data,
         timeout=options.timeout,

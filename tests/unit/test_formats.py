@@ -106,7 +106,8 @@ def test_instances_and_its_aliases(command: str) -> None:
     result = ccloudvm(command)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["NAME", "STATE", "WORKLOAD", "IMAGE", "CPUS", "MEM", "SSH", "PORTS"]
+    header = ["NAME", "STATE", "WORKLOAD", "IMAGE", "CPUS", "MEM", "SSH", "PORTS", "DRIVER"]
+    assert lines[0].split() == header
     assert [line.split()[:2] for line in lines[1:]] == [["dev", "stopped"], ["web", "stopped"]]
 
 
