@@ -6,6 +6,7 @@ all get the same output; nothing else prints.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,11 +54,16 @@ def _console() -> Console:
 
 
 def info(message: str) -> None:
-    _console().print(message, markup=False)  # a path or a guest's text may hold "[...]"
+    # Plain text, straight to stderr: a path or a guest's text may hold "[...]", and a
+    # command that only reports (instances, status) should not wait for rich to load.
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
 
 
 def warn(message: str) -> None:
-    _console().print(f"[yellow]warning:[/yellow] {escape(message)}")
+    label = "\x1b[33mwarning:\x1b[0m" if sys.stderr.isatty() else "warning:"
+    sys.stderr.write(f"{label} {message}\n")
+    sys.stderr.flush()
 
 
 @contextmanager
