@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from ccloudvm import instance, snapshots, suspend, vmstate
+from ccloudvm import drivers, instance, snapshots, suspend, vmstate
 from ccloudvm.accel import Acceleration
 from ccloudvm.errors import NotFoundError, StateError, UsageError
 from ccloudvm.instance_state import (
@@ -275,9 +275,10 @@ def test_a_start_on_another_ssh_port_pins_the_host_key_there(
     taken.listen()
     inst = load_state(state, "dev")
     inst.host_ip, inst.ssh_port = "127.0.0.1", taken.getsockname()[1]
-    monkeypatch.setattr(instance, "require_tool", lambda name: name)
+    # QEMU itself stands in: the driver "starts" it (the seam is ccloudvm.drivers).
+    monkeypatch.setattr(drivers, "require_tool", lambda name: name)
     monkeypatch.setattr(
-        instance, "run", lambda argv, check=True: subprocess.CompletedProcess(argv, 0, "", "")
+        drivers, "run", lambda argv, check=True: subprocess.CompletedProcess(argv, 0, "", "")
     )
     try:
         instance._launch(state, files, inst, Acceleration("tcg", False, "test"))
