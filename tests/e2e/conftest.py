@@ -144,3 +144,18 @@ def stop_processes_of(home: Path) -> None:
         if marker in cmdline or b"CCLOUDVM_HOME=" + marker + b"\0" in environ:
             with contextlib.suppress(OSError):
                 os.kill(int(proc.name), signal.SIGKILL)
+
+
+def qemu_pids(folder: Path) -> list[int]:
+    """The QEMU processes whose command line names files in `folder` (an instance's)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"qemu-system" in cmdline and f"{folder}/".encode() in cmdline:
+            pids.append(int(proc.name))
+    return pids

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import CLI
+from tests.e2e.conftest import CLI, qemu_pids
 
 pytestmark = [
     pytest.mark.e2e,
@@ -144,16 +144,7 @@ def _host_network() -> dict[str, set[str]]:
 
 
 def _qemu_running_for(instance_dir: Path) -> bool:
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"qemu-system" in cmdline and f"{instance_dir}/".encode() in cmdline:
-            return True
-    return False
+    return bool(qemu_pids(instance_dir))
 
 
 def test_libvirt_driver_lifecycle(cli: CLI, libvirt_uri: str, tmp_path: Path) -> None:

@@ -20,24 +20,11 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import CLI
+from tests.e2e.conftest import qemu_pids as _qemu_pids
 
 pytestmark = pytest.mark.e2e
 
 NAME = "e2e-life"
-
-
-def _qemu_pids(instance_dir: Path) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"qemu-system" in cmdline and str(instance_dir).encode() in cmdline:
-            pids.append(int(proc.name))
-    return pids
 
 
 def test_instance_lifecycle(cli: CLI, tmp_path: Path, served_image) -> None:  # type: ignore[no-untyped-def]

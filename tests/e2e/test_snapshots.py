@@ -21,24 +21,11 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import CLI
+from tests.e2e.conftest import qemu_pids as _qemu_pids
 
 pytestmark = pytest.mark.e2e
 
 NAME = "e2e-snap"
-
-
-def _qemu_pids(instance_dir: Path) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"qemu-system" in cmdline and f"{instance_dir}/".encode() in cmdline:
-            pids.append(int(proc.name))
-    return pids
 
 
 def _free_port() -> int:
