@@ -161,10 +161,11 @@ def test_instance_lifecycle(cli: CLI, tmp_path: Path, served_image) -> None:  # 
     cloud_init_log = cli("logs", NAME, "--cloud-init").out
     assert "Cloud-init v." in cloud_init_log
     # each stage logged once per boot (one process runs all four: their tees must not
-    # chain, which logged stage N's lines N times)
-    boots = cloud_init_log.count("running 'init-local'")
-    assert boots >= 1 and cloud_init_log.count("running 'modules:final'") == boots
-    assert cloud_init_log.count("CCLOUDVM-READY") == boots, cloud_init_log
+    # chain, which logged stage N's lines N times, each copy with the same time stamp). A
+    # boot ended by SIGKILL may lose its last lines (the guest never synced them), so
+    # the check is that no stage line repeats, not a count per boot.
+    stage_lines = [line for line in cloud_init_log.splitlines() if "Cloud-init v." in line]
+    assert stage_lines and len(stage_lines) == len(set(stage_lines)), cloud_init_log
 
     # plain ssh with the generated config: key and pinned host key, no prompts
     config = tmp_path / "ssh_config"
