@@ -128,17 +128,25 @@ def _boot_id() -> str:
     return _read(Path("/proc/sys/kernel/random/boot_id")).strip()
 
 
-def detect(
-    *, mode: str, run_dir: Path, probe_kernel: Path | None = None, sys_root: Path = Path("/")
-) -> Acceleration:
-    """Pick the accelerator for `mode` (auto|kvm|tcg); cache auto's answer per host boot."""
+def _without_probe(mode: str, sys_root: Path) -> Acceleration | None:
+    """The answer when no test guest is needed: TCG or KVM chosen by the user, or KVM
+    ruled out by the cheap checks; None when auto mode must ask the probe."""
     if mode == "tcg":
         return Acceleration("tcg", False, "software emulation chosen by the user")
     ok, reason = kvm_precheck(sys_root)
     if mode == "kvm":
         return Acceleration("kvm", nested_supported(sys_root), "KVM chosen by the user; " + reason)
-    if not ok:
-        return Acceleration("tcg", False, reason)
+    return None if ok else Acceleration("tcg", False, reason)
+
+
+def detect(
+    *, mode: str, run_dir: Path, probe_kernel: Path | None = None, sys_root: Path = Path("/")
+) -> Acceleration:
+    """Pick the accelerator for `mode` (auto|kvm|tcg); cache auto's answer per host boot."""
+    settled = _without_probe(mode, sys_root)
+    if settled is not None:
+        return settled
+    ok, reason = kvm_precheck(sys_root)  # passed: _without_probe returned None
     cache = run_dir / "accel.json"
     boot_id = _boot_id()
     try:
@@ -161,13 +169,10 @@ def would_use(*, mode: str, run_dir: Path, sys_root: Path = Path("/")) -> Accele
     """What `detect` would choose for `mode`, without booting a test guest or writing the
     cache: the probe's cached answer of this host boot when there is one, else the cheap
     checks (a first create confirms KVM with a test guest)."""
-    if mode == "tcg":
-        return Acceleration("tcg", False, "software emulation chosen by the user")
-    ok, reason = kvm_precheck(sys_root)
-    if mode == "kvm":
-        return Acceleration("kvm", nested_supported(sys_root), "KVM chosen by the user; " + reason)
-    if not ok:
-        return Acceleration("tcg", False, reason)
+    settled = _without_probe(mode, sys_root)
+    if settled is not None:
+        return settled
+    reason = kvm_precheck(sys_root)[1]
     try:
         cached = json.loads((run_dir / "accel.json").read_text())
         if cached.get("boot_id") == _boot_id():
