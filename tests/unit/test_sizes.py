@@ -7,9 +7,7 @@ from pathlib import Path
 import pytest
 
 from ccloudvm.errors import UsageError
-from ccloudvm.hostinfo import HostUser
 from ccloudvm.paths import StateDir
-from ccloudvm.proxy import ProxySettings
 from ccloudvm.sizes import SizeError, accepted_forms, parse_size
 from ccloudvm.templating import TemplateContext
 from ccloudvm.workload import load_workload
@@ -100,11 +98,7 @@ def state(tmp_path: Path) -> StateDir:
     return s
 
 
-@pytest.fixture
-def ctx(tmp_path: Path) -> TemplateContext:
-    host = HostUser(name="alice", uid=1234, gid=1234, group="alice", home=tmp_path / "home",
-                    gopath=tmp_path / "go", git_name="A", git_email="a@example.org")  # fmt: skip
-    return TemplateContext(host=host, instance_name="vm1", proxies=ProxySettings())
+# ctx: the shared fixture of tests/unit/conftest.py
 
 
 @pytest.mark.parametrize(
