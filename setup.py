@@ -1,5 +1,5 @@
 """Carries the bundled data folders (templates/, cloud-init/, images/) into wheels as
-ccloudvm/data/, where ccloudvm.paths.resource_dir finds them. Everything else is in
+ccloudvm/data/, where ccloudvm.state.paths.resource_dir finds them. Everything else is in
 pyproject.toml."""
 
 import shutil

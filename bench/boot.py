@@ -41,9 +41,11 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ccloudvm import accel, images, keys, seed  # noqa: E402
-from ccloudvm.hostinfo import host_user  # noqa: E402
-from ccloudvm.paths import StateDir, resource_dir  # noqa: E402
+from ccloudvm.core.hostinfo import host_user  # noqa: E402
+from ccloudvm.guest import keys, seed  # noqa: E402
+from ccloudvm.images import catalog as images  # noqa: E402
+from ccloudvm.state.paths import StateDir, resource_dir  # noqa: E402
+from ccloudvm.vm import accel  # noqa: E402
 
 MEM = "1024"
 CPUS = "2"

@@ -34,9 +34,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ccloudvm import accel, images  # noqa: E402
-from ccloudvm.hostinfo import host_resources  # noqa: E402
-from ccloudvm.paths import StateDir  # noqa: E402
+from ccloudvm.core.hostinfo import host_resources  # noqa: E402
+from ccloudvm.images import catalog as images  # noqa: E402
+from ccloudvm.state.paths import StateDir  # noqa: E402
+from ccloudvm.vm import accel  # noqa: E402
 
 
 def run(home: Path, *args: str, env: dict[str, str] | None = None) -> float:

@@ -1,3 +1,3 @@
-from ccloudvm.cli import main
+from ccloudvm.cli.main import main
 
 main()

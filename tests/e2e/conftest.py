@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ccloudvm import images
-from ccloudvm.paths import StateDir, resource_dir
+from ccloudvm.images import catalog as images
+from ccloudvm.state.paths import StateDir, resource_dir
 from tests.support.httpserver import FileServer, serve_directory
 
 IMAGE = "debian-12"

@@ -25,11 +25,17 @@ import jinja2
 import pytest
 import yaml
 
-from ccloudvm.cluster import ACTIONS, run_cluster_action
-from ccloudvm.errors import CcloudvmError, StateError, ToolMissingError, UsageError
-from ccloudvm.local_target import LocalTarget
-from ccloudvm.netns import NETNS_DIR, BareMetalCluster, NamespaceTarget, run_baremetal, veth_plan
-from ccloudvm.paths import StateDir
+from ccloudvm.cluster.baremetal import (
+    NETNS_DIR,
+    BareMetalCluster,
+    NamespaceTarget,
+    run_baremetal,
+    veth_plan,
+)
+from ccloudvm.cluster.network import ACTIONS, run_cluster_action
+from ccloudvm.core.errors import CcloudvmError, StateError, ToolMissingError, UsageError
+from ccloudvm.remote.local import LocalTarget
+from ccloudvm.state.paths import StateDir
 
 pytestmark = [
     pytest.mark.e2e,
@@ -320,8 +326,8 @@ CHILD = """
 import json, sys
 from pathlib import Path
 from ccloudvm import cluster
-from ccloudvm.netns import run_baremetal
-from ccloudvm.paths import StateDir
+from ccloudvm.cluster.baremetal import run_baremetal
+from ccloudvm.state.paths import StateDir
 d = json.loads(Path(sys.argv[1]).read_text())
 cluster.TEST_PAUSE_AFTER_CHANGES = d["changes"]  # the test hook; never from the environment
 run_baremetal(d["name"], d["scripts"], "setup", state=StateDir(Path(d["state"])),
@@ -334,7 +340,7 @@ CHILD_HOST = """
 import json, sys, time
 from pathlib import Path
 from ccloudvm import netns
-from ccloudvm.paths import StateDir
+from ccloudvm.state.paths import StateDir
 d = json.loads(Path(sys.argv[1]).read_text())
 must = netns.BareMetalCluster._must
 def pausing(self, argv):
@@ -619,7 +625,7 @@ def test_the_cli_cycle_on_the_test_cluster(tmp_path: Path) -> None:
 
 def test_a_failing_ciao_setup_leaves_the_host_as_it_was(tmp_path: Path) -> None:
     """ciao's programs are missing here: setup stops before the namespace is made."""
-    from ccloudvm.workflow import resolve
+    from ccloudvm.app.workflow import resolve
 
     state = StateDir(tmp_path / "home")
     ciao = resolve(state, "ciao", "ciao-e2e", bare_metal=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from ccloudvm import images
+from ccloudvm.images import catalog as images
 
 pytestmark = pytest.mark.e2e
 

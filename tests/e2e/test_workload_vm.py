@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ccloudvm import workflow
-from ccloudvm.paths import StateDir
+from ccloudvm.app import workflow
+from ccloudvm.state.paths import StateDir
 from tests.e2e.conftest import CLI
 from tests.support.proxy import ProxyServer, run_proxy
 

@@ -6,8 +6,8 @@ import json
 import time
 from pathlib import Path
 
-from ccloudvm import images
-from ccloudvm.paths import StateDir
+from ccloudvm.images import catalog as images
+from ccloudvm.state.paths import StateDir
 
 
 def cached_image(state: StateDir, name: str, kind: str, key: str) -> Path:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from ccloudvm.hostinfo import HostUser
-from ccloudvm.proxy import ProxySettings
-from ccloudvm.templating import TemplateContext
+from ccloudvm.core.hostinfo import HostUser
+from ccloudvm.guest.proxy import ProxySettings
+from ccloudvm.workloads.templating import TemplateContext
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ccloudvm import accel
-from ccloudvm.errors import UsageError
+from ccloudvm.core.errors import UsageError
+from ccloudvm.vm import accel
 
 
 def _fake_root(

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from ccloudvm import builds, images
-from ccloudvm.errors import NotFoundError, StateError
-from ccloudvm.instance_state import ImageRef, InstanceFiles, InstanceState, save_state
-from ccloudvm.paths import StateDir
+from ccloudvm.app import builds
+from ccloudvm.core.errors import NotFoundError, StateError
+from ccloudvm.images import catalog as images
+from ccloudvm.state.instance_state import ImageRef, InstanceFiles, InstanceState, save_state
+from ccloudvm.state.paths import StateDir
 from tests.support.cache import cached_image as _cached
 
 

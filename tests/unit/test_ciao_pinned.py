@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ccloudvm.cluster import ACTIONS
+from ccloudvm.cluster.network import ACTIONS
 from tests.unit.test_cluster_templates import REPO, render
 
 FIXTURE = json.loads((REPO / "tests" / "fixtures" / "ciao-194264a.json").read_text())
@@ -351,7 +351,7 @@ def test_the_pinned_build_is_gopath_mode() -> None:
 
 
 def test_network_defaults_are_singlevms() -> None:
-    from ccloudvm.cluster import ClusterNetwork
+    from ccloudvm.cluster.network import ClusterNetwork
 
     env = ClusterNetwork.from_mapping().as_env()
     facts = FIXTURE["singlevm"]

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from ccloudvm.instance_state import (
+from ccloudvm.state.instance_state import (
     ImageRef,
     InstanceFiles,
     InstanceState,
     save_state,
     unprivileged_port_start,
 )
-from ccloudvm.paths import StateDir
+from ccloudvm.state.paths import StateDir
 
 
 def ccloudvm(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -59,8 +59,8 @@ def test_failures_of_different_kinds_exit_1() -> None:
 def test_each_names_the_instance_when_its_error_does_not(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from ccloudvm import cli
-    from ccloudvm.errors import CcloudvmError, StateError
+    from ccloudvm.cli import main as cli
+    from ccloudvm.core.errors import CcloudvmError, StateError
 
     done = []
 

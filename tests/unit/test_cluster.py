@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from ccloudvm import cluster
-from ccloudvm.cluster import (
+from ccloudvm.cluster import network as cluster
+from ccloudvm.cluster.network import (
     CHECK_ONLY_MARKER,
     ClusterNetwork,
     check_cluster_name,
     check_setup,
     run_cluster_action,
 )
-from ccloudvm.errors import CcloudvmError, UsageError
-from ccloudvm.target import OutputSink
+from ccloudvm.core.errors import CcloudvmError, UsageError
+from ccloudvm.remote.target import OutputSink
 
 
 class ScriptedTarget:

@@ -1,4 +1,4 @@
-"""The Python side of the record-before-change journal (ccloudvm.changelog)."""
+"""The Python side of the record-before-change journal (ccloudvm.cluster.journal)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ccloudvm.changelog import Journal, JournalError, decode_word, encode_word, parse_line
+from ccloudvm.cluster.journal import Journal, JournalError, decode_word, encode_word, parse_line
 
 
 class FakeHost:
@@ -183,7 +183,7 @@ def test_a_journal_that_cannot_be_rewritten_is_an_error(
     def denied(**_: object) -> tuple[int, str]:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("ccloudvm.changelog.tempfile.mkstemp", denied)
+    monkeypatch.setattr("ccloudvm.cluster.journal.tempfile.mkstemp", denied)
     with pytest.raises(JournalError, match="cannot rewrite the journal .*Permission denied"):
         journal.undo(FakeHost(failing={"rm -rf"}))
     assert journal.path.read_text() == before  # every record kept

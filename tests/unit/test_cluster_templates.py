@@ -15,7 +15,7 @@ import jinja2
 import pytest
 import yaml
 
-from ccloudvm.cluster import ACTIONS, ClusterNetwork
+from ccloudvm.cluster.network import ACTIONS, ClusterNetwork
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = REPO / "templates"
@@ -34,7 +34,7 @@ CONTEXT = {
 
 
 def environment() -> jinja2.Environment:
-    """Jinja2 set up as ccloudvm.templating.make_environment does."""
+    """Jinja2 set up as ccloudvm.workloads.templating.make_environment does."""
     env = jinja2.Environment(
         undefined=jinja2.StrictUndefined,
         loader=jinja2.FileSystemLoader(str(TEMPLATES)),
@@ -304,11 +304,11 @@ def test_ciao_names_and_addresses() -> None:
 
 @pytest.mark.parametrize("ref", [str(WORKLOAD), "ciao"])
 def test_workloads_render_their_cluster_through_workload_py(ref: str, tmp_path: Path) -> None:
-    from ccloudvm.hostinfo import host_user
-    from ccloudvm.paths import StateDir
-    from ccloudvm.proxy import ProxySettings
-    from ccloudvm.templating import TemplateContext
-    from ccloudvm.workload import load_workload
+    from ccloudvm.core.hostinfo import host_user
+    from ccloudvm.guest.proxy import ProxySettings
+    from ccloudvm.state.paths import StateDir
+    from ccloudvm.workloads.definition import load_workload
+    from ccloudvm.workloads.templating import TemplateContext
 
     ctx = TemplateContext(host=host_user(), instance_name="c1", proxies=ProxySettings())
     workload = load_workload(StateDir(tmp_path), ref, ctx)
@@ -338,7 +338,7 @@ AWKWARD = [
 
 
 def test_journal_words_round_trip_and_agree_with_python(tmp_path: Path) -> None:
-    from ccloudvm.changelog import Journal, format_line
+    from ccloudvm.cluster.journal import Journal, format_line
 
     state = tmp_path / "state"
     state.mkdir()
@@ -397,7 +397,7 @@ def test_state_parents_go_only_if_empty_and_last(tmp_path: Path) -> None:
     env = {"CLUSTER_STATE_DIR": str(state)}
     result = _journal_script(tmp_path, 'make_state_dir\nensure_dir "$run_dir"\n', env)
     assert result.returncode == 0, result.stdout + result.stderr
-    from ccloudvm.changelog import Journal
+    from ccloudvm.cluster.journal import Journal
 
     entries = Journal(state / "journal").entries()
     assert entries[:3] == [
@@ -423,7 +423,7 @@ def test_a_replaced_file_is_backed_up_and_restored(tmp_path: Path) -> None:
     assert existing.read_text() == "ours\n"
     # Setup twice: the backup is the user's file still, not our own copy.
     assert _journal_script(tmp_path, write, env).returncode == 0
-    from ccloudvm.changelog import Journal
+    from ccloudvm.cluster.journal import Journal
 
     kinds = [entry[0] for entry in Journal(state / "journal").entries()]
     assert kinds.count("backup") == 1 and "file" not in kinds
@@ -435,7 +435,7 @@ def test_a_replaced_file_is_backed_up_and_restored(tmp_path: Path) -> None:
 
 
 def test_the_shell_undoes_a_journal_python_wrote(tmp_path: Path) -> None:
-    from ccloudvm.changelog import Journal
+    from ccloudvm.cluster.journal import Journal
 
     state = tmp_path / "state"
     target = tmp_path / "a dir; rm -rf ~"

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ccloudvm import accel, completion
+from ccloudvm.cli import completion
+from ccloudvm.vm import accel
 from tests.unit.test_cli_errors import _make_instance, _one_line_error, ccloudvm
 
 

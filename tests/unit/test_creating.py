@@ -14,15 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from ccloudvm import logfollow, process
-from ccloudvm.instance_state import (
+from ccloudvm.core import logfollow
+from ccloudvm.core import pids as process
+from ccloudvm.state.instance_state import (
     clear_creating,
     creating_names,
     creation,
     files_of,
     mark_creating,
 )
-from ccloudvm.paths import StateDir
+from ccloudvm.state.paths import StateDir
 
 
 def _folder(state: StateDir, name: str) -> Path:

@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from ccloudvm.download import download, fetch_sha256sums, parse_sha256sums
-from ccloudvm.errors import CcloudvmError
+from ccloudvm.core.errors import CcloudvmError
+from ccloudvm.images.download import download, fetch_sha256sums, parse_sha256sums
 from tests.support.httpserver import FileServer, serve_directory
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB, not all one byte value

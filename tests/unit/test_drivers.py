@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from ccloudvm import drivers
-from ccloudvm.errors import UsageError
-from ccloudvm.instance_state import (
+from ccloudvm.core.errors import UsageError
+from ccloudvm.state.instance_state import (
     ImageRef,
     InstanceFiles,
     InstanceState,
@@ -22,7 +21,8 @@ from ccloudvm.instance_state import (
     load_state,
     save_state,
 )
-from ccloudvm.paths import StateDir
+from ccloudvm.state.paths import StateDir
+from ccloudvm.vm import drivers
 
 
 def _state_of(**overrides: object) -> InstanceState:

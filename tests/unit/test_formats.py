@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from ccloudvm import formats
-from ccloudvm.errors import UsageError
+from ccloudvm.core import formats
+from ccloudvm.core.errors import UsageError
 from tests.unit.test_cli_errors import _make_instance, _one_line_error, ccloudvm
 
 ROWS: list[dict[str, Any]] = [

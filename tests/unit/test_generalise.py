@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ccloudvm.errors import CcloudvmError
-from ccloudvm.generalise import generalise
+from ccloudvm.core.errors import CcloudvmError
+from ccloudvm.images.generalise import generalise
 
 
 def _ext4_with(tmp_path: Path, files: dict[str, str]) -> Path:

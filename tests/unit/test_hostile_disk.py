@@ -16,12 +16,16 @@ from typing import Any, cast
 
 import pytest
 
-from ccloudvm import builds, diskspace, imagebuild, images, proc, warmboot
-from ccloudvm.download import download
-from ccloudvm.errors import CcloudvmError
-from ccloudvm.imagebuild import BuildRecipe
-from ccloudvm.paths import StateDir
-from ccloudvm.proc import CommandFailed
+from ccloudvm.app import builds
+from ccloudvm.core import diskspace, proc
+from ccloudvm.core.errors import CcloudvmError
+from ccloudvm.core.proc import CommandFailed
+from ccloudvm.images import build as imagebuild
+from ccloudvm.images import catalog as images
+from ccloudvm.images.build import BuildRecipe
+from ccloudvm.images.download import download
+from ccloudvm.state.paths import StateDir
+from ccloudvm.vm import warmboot
 from tests.support.cache import cached_image as _cached
 from tests.support.httpserver import FileServer, serve_directory
 
@@ -257,7 +261,7 @@ def test_the_cli_turns_an_unforeseen_full_disk_into_the_one_line(
     capsys: pytest.CaptureFixture[str],
     failure: Exception,
 ) -> None:
-    from ccloudvm import cli
+    from ccloudvm.cli import main as cli
 
     def full(state: StateDir) -> list[str]:
         raise failure

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from ccloudvm import instance
-from ccloudvm.errors import CcloudvmError, UsageError
-from ccloudvm.instance_state import files_of, instance_names, reserve_host_ip
-from ccloudvm.paths import StateDir
+from ccloudvm.core.errors import CcloudvmError, UsageError
+from ccloudvm.instance import lifecycle as instance
+from ccloudvm.state.instance_state import files_of, instance_names, reserve_host_ip
+from ccloudvm.state.paths import StateDir
 
 
 def _state(tmp_path: Path) -> StateDir:
@@ -129,7 +129,7 @@ def test_concurrent_reservations_never_share_an_address(tmp_path: Path) -> None:
 def test_root_never_writes_into_another_users_state_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ccloudvm import paths
+    from ccloudvm.state import paths
 
     users = tmp_path / "alice-home"
     users.mkdir()

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from ccloudvm.errors import UsageError
-from ccloudvm.local_target import LocalTarget
-from ccloudvm.provision import run_checks, run_steps
-from ccloudvm.workload import Check, ProvisionStep
+from ccloudvm.app.provision import run_checks, run_steps
+from ccloudvm.core.errors import UsageError
+from ccloudvm.remote.local import LocalTarget
+from ccloudvm.workloads.definition import Check, ProvisionStep
 
 # Ways a string could turn into shell code; each tries to create the canary file.
 INJECTIONS = (

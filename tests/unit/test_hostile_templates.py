@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from ccloudvm import templating
-from ccloudvm.errors import UsageError
-from ccloudvm.hostinfo import HostUser
-from ccloudvm.paths import StateDir
-from ccloudvm.templating import TemplateContext
-from ccloudvm.workload import load_workload
+from ccloudvm.core.errors import UsageError
+from ccloudvm.core.hostinfo import HostUser
+from ccloudvm.state.paths import StateDir
+from ccloudvm.workloads import templating
+from ccloudvm.workloads.definition import load_workload
+from ccloudvm.workloads.templating import TemplateContext
 from tests.support.httpserver import serve_directory
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ccloudvm.errors import CcloudvmError
-from ccloudvm.hostinfo import HostUser, host_resources
+from ccloudvm.core.errors import CcloudvmError
+from ccloudvm.core.hostinfo import HostUser, host_resources
 
 MEMINFO = """MemTotal:       {kib} kB
 MemFree:         1234567 kB

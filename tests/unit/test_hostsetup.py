@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from ccloudvm import hostsetup, imagebuild, proc
-from ccloudvm.errors import CcloudvmError
-from ccloudvm.paths import StateDir
+from ccloudvm.app import hostsetup
+from ccloudvm.core import proc
+from ccloudvm.core.errors import CcloudvmError
+from ccloudvm.images import build as imagebuild
+from ccloudvm.state.paths import StateDir
 
 APT_GET = """#!/bin/sh
 echo "$DEBIAN_FRONTEND: $*" >> {log}

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from ccloudvm import diskspace, imagebuild, images, proc
-from ccloudvm.errors import CcloudvmError
-from ccloudvm.imagebuild import BuildRecipe
+from ccloudvm.core import diskspace, proc
+from ccloudvm.core.errors import CcloudvmError
+from ccloudvm.images import build as imagebuild
+from ccloudvm.images import catalog as images
+from ccloudvm.images.build import BuildRecipe
 
 RECIPE = {
     "suite": "bookworm",

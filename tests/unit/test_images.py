@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from ccloudvm import imagebuild, images
-from ccloudvm.errors import CcloudvmError, NotFoundError, UsageError
-from ccloudvm.imagebuild import BuildRecipe
-from ccloudvm.paths import StateDir
+from ccloudvm.core.errors import CcloudvmError, NotFoundError, UsageError
+from ccloudvm.images import build as imagebuild
+from ccloudvm.images import catalog as images
+from ccloudvm.images.build import BuildRecipe
+from ccloudvm.state.paths import StateDir
 from tests.support.httpserver import FileServer, serve_directory
 
 pytestmark = pytest.mark.usefixtures("no_host_proxy")

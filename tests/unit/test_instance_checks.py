@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from ccloudvm import instance, ready
-from ccloudvm.instance_state import ImageRef, InstanceState, files_of, save_state
-from ccloudvm.paths import StateDir
+from ccloudvm.instance import lifecycle as instance
+from ccloudvm.state.instance_state import ImageRef, InstanceState, files_of, save_state
+from ccloudvm.state.paths import StateDir
+from ccloudvm.vm import ready
 
 
 @pytest.mark.parametrize(

@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from ccloudvm.errors import CcloudvmError, NotFoundError, StateError, UsageError
-from ccloudvm.instance_state import (
+from ccloudvm.core.errors import CcloudvmError, NotFoundError, StateError, UsageError
+from ccloudvm.core.specs import MountSpec
+from ccloudvm.state.instance_state import (
     ImageRef,
     InstanceFiles,
     InstanceState,
@@ -30,8 +31,7 @@ from ccloudvm.instance_state import (
     unprivileged_port_start,
     validate_name,
 )
-from ccloudvm.paths import StateDir
-from ccloudvm.specs import MountSpec
+from ccloudvm.state.paths import StateDir
 
 
 @pytest.mark.parametrize("name", ["dev", "a", "web-1", "x" * 63])
@@ -103,8 +103,8 @@ def test_an_address_this_host_lacks_is_not_called_in_use() -> None:
 
 _UNPRIVILEGED_CHECK = """
 import sys
-from ccloudvm.errors import UsageError
-from ccloudvm.instance_state import check_port_allowed, port_free
+from ccloudvm.core.errors import UsageError
+from ccloudvm.state.instance_state import check_port_allowed, port_free
 port = int(sys.argv[1])
 print("free" if port_free("127.77.9.12", port) else "not free")
 try:

@@ -9,9 +9,9 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from ccloudvm import keys
-from ccloudvm.errors import CcloudvmError
-from ccloudvm.keys import (
+from ccloudvm.core.errors import CcloudvmError
+from ccloudvm.guest import keys
+from ccloudvm.guest.keys import (
     KeyPair,
     ensure_user_key,
     generate_ed25519,
@@ -19,7 +19,7 @@ from ccloudvm.keys import (
     write_atomic,
     write_keypair,
 )
-from ccloudvm.paths import StateDir
+from ccloudvm.state.paths import StateDir
 
 
 def _mode(path: Path) -> int:

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from ccloudvm.accel import Acceleration
-from ccloudvm.errors import UsageError
-from ccloudvm.libvirt_xml import QEMU_NS, domain_xml, owner_of, parse_drive
-from ccloudvm.qemu import DirectBoot, MachineConfig
-from ccloudvm.specs import MountSpec, PortSpec
+from ccloudvm.core.errors import UsageError
+from ccloudvm.core.specs import MountSpec, PortSpec
+from ccloudvm.vm.accel import Acceleration
+from ccloudvm.vm.libvirt_xml import QEMU_NS, domain_xml, owner_of, parse_drive
+from ccloudvm.vm.qemu import DirectBoot, MachineConfig
 
 VALIDATOR = shutil.which("virt-xml-validate")
 needs_validator = pytest.mark.skipif(

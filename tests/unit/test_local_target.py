@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ccloudvm.errors import CcloudvmError, ToolMissingError
-from ccloudvm.local_target import LocalTarget
+from ccloudvm.core.errors import CcloudvmError, ToolMissingError
+from ccloudvm.remote.local import LocalTarget
 
 
 def test_run_streams_lines_and_returns_the_status(tmp_path: Path) -> None:
@@ -94,8 +94,8 @@ def test_put_text_and_put_file_set_mode(tmp_path: Path) -> None:
 
 
 def test_an_environment_name_that_is_not_an_identifier_is_refused() -> None:
-    from ccloudvm.errors import UsageError
-    from ccloudvm.local_target import LocalTarget
+    from ccloudvm.core.errors import UsageError
+    from ccloudvm.remote.local import LocalTarget
 
     with pytest.raises(UsageError, match="is not valid"):
         LocalTarget().run(["true"], env={"A;touch /tmp/x": "1"}, sudo=True)

@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ccloudvm.cluster import ClusterNetwork
-from ccloudvm.errors import CcloudvmError, StateError, ToolMissingError, UsageError
-from ccloudvm.netns import (
+from ccloudvm.cluster.baremetal import (
     BareMetalCluster,
     HostRunner,
     NamespaceTarget,
@@ -19,8 +17,10 @@ from ccloudvm.netns import (
     run_baremetal,
     veth_plan,
 )
-from ccloudvm.paths import StateDir
-from ccloudvm.target import OutputSink
+from ccloudvm.cluster.network import ClusterNetwork
+from ccloudvm.core.errors import CcloudvmError, StateError, ToolMissingError, UsageError
+from ccloudvm.remote.target import OutputSink
+from ccloudvm.state.paths import StateDir
 
 ADDRS = """\
 1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever preferred_lft forever
@@ -217,7 +217,7 @@ def test_cleanup_fails_clearly_when_the_journal_cannot_be_rewritten(
     def denied(**_: object) -> tuple[int, str]:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("ccloudvm.changelog.tempfile.mkstemp", denied)
+    monkeypatch.setattr("ccloudvm.cluster.journal.tempfile.mkstemp", denied)
     with pytest.raises(CcloudvmError) as info:
         run_baremetal("c1", {"cleanup": "true"}, "cleanup", state=state, runner=Refusing())
     assert "cannot rewrite the journal" in str(info.value)

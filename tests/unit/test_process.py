@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ccloudvm import process
+from ccloudvm.core import pids as process
 
 Spawn = Callable[..., "subprocess.Popen[bytes]"]
 

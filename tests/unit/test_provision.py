@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from ccloudvm.errors import UsageError
-from ccloudvm.hostinfo import HostUser
-from ccloudvm.local_target import LocalTarget
-from ccloudvm.paths import StateDir
-from ccloudvm.provision import StepFailed, fetch_to_cache, run_checks, run_steps
-from ccloudvm.proxy import ProxySettings
-from ccloudvm.templating import Download, TemplateContext
-from ccloudvm.workload import Check, ProvisionStep, load_workload
+from ccloudvm.app.provision import StepFailed, fetch_to_cache, run_checks, run_steps
+from ccloudvm.core.errors import UsageError
+from ccloudvm.core.hostinfo import HostUser
+from ccloudvm.guest.proxy import ProxySettings
+from ccloudvm.remote.local import LocalTarget
+from ccloudvm.state.paths import StateDir
+from ccloudvm.workloads.definition import Check, ProvisionStep, load_workload
+from ccloudvm.workloads.templating import Download, TemplateContext
 from tests.support.httpserver import serve_directory
 
 

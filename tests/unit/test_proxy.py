@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ccloudvm.errors import UsageError
-from ccloudvm.proxy import ProxySettings, for_guest, read_host_proxies
+from ccloudvm.core.errors import UsageError
+from ccloudvm.guest.proxy import ProxySettings, for_guest, read_host_proxies
 
 
 def test_lower_case_wins_over_upper_case() -> None:
@@ -77,7 +77,7 @@ def test_guest_of_empty_settings_stays_empty() -> None:
 
 
 def test_describe_says_what_the_guest_got_without_passwords() -> None:
-    from ccloudvm.proxy import ProxySettings, describe
+    from ccloudvm.guest.proxy import ProxySettings, describe
 
     got = describe(
         ProxySettings(http="http://me:secret@10.0.2.2:3128", no_proxy=["localhost", "10.0.2.2"]),

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ccloudvm.accel import Acceleration
-from ccloudvm.qemu import DirectBoot, MachineConfig, command_line, escape
-from ccloudvm.specs import MountSpec, PortSpec
+from ccloudvm.core.specs import MountSpec, PortSpec
+from ccloudvm.vm.accel import Acceleration
+from ccloudvm.vm.qemu import DirectBoot, MachineConfig, command_line, escape
 
 
 def _config(**overrides: object) -> MachineConfig:

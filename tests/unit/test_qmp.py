@@ -1,4 +1,4 @@
-"""ccloudvm.qmp against a fake QEMU monitor that speaks the real QMP wire protocol."""
+"""ccloudvm.vm.qmp against a fake QEMU monitor that speaks the real QMP wire protocol."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from ccloudvm import qmp
+from ccloudvm.vm import qmp
 
 GREETING = {
     "QMP": {

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from ccloudvm import ready
-from ccloudvm.seed import READY_MARKER
+from ccloudvm.guest.seed import READY_MARKER
+from ccloudvm.vm import ready
 
 
 def test_stage_is_read_from_the_console() -> None:
@@ -95,7 +95,7 @@ def test_stage_names_carry_no_colour_codes_even_when_a_read_cut_one() -> None:
 
 
 def test_the_result_printed_on_the_console_is_found(tmp_path: Path) -> None:
-    from ccloudvm.ready import console_result
+    from ccloudvm.vm.ready import console_result
 
     log = tmp_path / "serial.log"
     log.write_text("boot\n[  58.3] python3[424]: CCLOUDVM-READY 58.34\n")

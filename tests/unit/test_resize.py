@@ -8,10 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from ccloudvm import instance
-from ccloudvm.errors import UsageError
-from ccloudvm.instance_state import ImageRef, InstanceFiles, InstanceState, load_state, save_state
-from ccloudvm.paths import StateDir
+from ccloudvm.core.errors import UsageError
+from ccloudvm.instance import lifecycle as instance
+from ccloudvm.state.instance_state import (
+    ImageRef,
+    InstanceFiles,
+    InstanceState,
+    load_state,
+    save_state,
+)
+from ccloudvm.state.paths import StateDir
 
 
 def _stopped(tmp_path: Path) -> tuple[StateDir, InstanceFiles, InstanceState]:

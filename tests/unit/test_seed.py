@@ -9,8 +9,9 @@ import pycdlib
 import pytest
 import yaml
 
-from ccloudvm.keys import generate_ed25519
-from ccloudvm.seed import (
+from ccloudvm.core.specs import MountSpec
+from ccloudvm.guest.keys import generate_ed25519
+from ccloudvm.guest.seed import (
     GUEST_MAC,
     READY_MARKER,
     SeedConfig,
@@ -22,7 +23,6 @@ from ccloudvm.seed import (
     read_seed_iso,
     write_seed_iso,
 )
-from ccloudvm.specs import MountSpec
 
 HOST_KEY = generate_ed25519("vm1-host")
 USER_KEY = generate_ed25519("ccloudvm").public_openssh

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from ccloudvm.errors import UsageError
-from ccloudvm.paths import StateDir
-from ccloudvm.sizes import SizeError, accepted_forms, parse_size
-from ccloudvm.templating import TemplateContext
-from ccloudvm.workload import load_workload
+from ccloudvm.core.errors import UsageError
+from ccloudvm.core.sizes import SizeError, accepted_forms, parse_size
+from ccloudvm.state.paths import StateDir
+from ccloudvm.workloads.definition import load_workload
+from ccloudvm.workloads.templating import TemplateContext
 from tests.unit.test_cli_errors import _one_line_error, ccloudvm
 
 

@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
-from ccloudvm import drivers, instance, snapshots, suspend, vmstate
-from ccloudvm.accel import Acceleration
-from ccloudvm.errors import NotFoundError, StateError, UsageError
-from ccloudvm.instance_state import (
+from ccloudvm.core.errors import NotFoundError, StateError, UsageError
+from ccloudvm.instance import lifecycle as instance
+from ccloudvm.instance import snapshots, suspend, vmstate
+from ccloudvm.instance.status import status
+from ccloudvm.state.instance_state import (
     ImageRef,
     InstanceFiles,
     InstanceState,
@@ -25,8 +26,9 @@ from ccloudvm.instance_state import (
     load_state,
     save_state,
 )
-from ccloudvm.paths import StateDir
-from ccloudvm.status import status
+from ccloudvm.state.paths import StateDir
+from ccloudvm.vm import drivers
+from ccloudvm.vm.accel import Acceleration
 
 
 @pytest.fixture
@@ -275,7 +277,7 @@ def test_a_start_on_another_ssh_port_pins_the_host_key_there(
     taken.listen()
     inst = load_state(state, "dev")
     inst.host_ip, inst.ssh_port = "127.0.0.1", taken.getsockname()[1]
-    # QEMU itself stands in: the driver "starts" it (the seam is ccloudvm.drivers).
+    # QEMU itself stands in: the driver "starts" it (the seam is ccloudvm.vm.drivers).
     monkeypatch.setattr(drivers, "require_tool", lambda name: name)
     monkeypatch.setattr(
         drivers, "run", lambda argv, check=True: subprocess.CompletedProcess(argv, 0, "", "")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ccloudvm.errors import UsageError
-from ccloudvm.specs import PortSpec
+from ccloudvm.core.errors import UsageError
+from ccloudvm.core.specs import PortSpec
 
 
 @pytest.mark.parametrize(

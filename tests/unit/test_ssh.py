@@ -33,9 +33,9 @@ from paramiko.common import (
 )
 from paramiko.sftp import SFTP_OK
 
-from ccloudvm.errors import CcloudvmError, UsageError
-from ccloudvm.keys import KeyPair, generate_ed25519, write_keypair
-from ccloudvm.ssh import (
+from ccloudvm.core.errors import CcloudvmError, UsageError
+from ccloudvm.guest.keys import KeyPair, generate_ed25519, write_keypair
+from ccloudvm.remote.ssh import (
     HostKeyMismatchError,
     SSHTarget,
     build_command,

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from ccloudvm import instance
-from ccloudvm.errors import StateError
-from ccloudvm.instance_state import ImageRef, InstanceFiles, InstanceState, save_state
-from ccloudvm.paths import StateDir
+from ccloudvm.core.errors import StateError
+from ccloudvm.instance import lifecycle as instance
+from ccloudvm.state.instance_state import ImageRef, InstanceFiles, InstanceState, save_state
+from ccloudvm.state.paths import StateDir
 
 SSH = shutil.which("ssh")
 pytestmark = pytest.mark.skipif(SSH is None, reason="the ssh client is not installed")
@@ -106,7 +106,7 @@ def test_ssh_config_stanza_is_what_ssh_reads(state: StateDir, tmp_path: Path) ->
 
 def _exec_of(monkeypatch: pytest.MonkeyPatch, state: StateDir, *args: str) -> list[str]:
     """The argv `ccloudvm ARGS` would become (os.execv stood in for)."""
-    from ccloudvm import cli
+    from ccloudvm.cli import main as cli
 
     became: list[list[str]] = []
 

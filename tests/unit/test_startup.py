@@ -23,16 +23,16 @@ def _loaded_after(code: str, home: Path) -> set[str]:
 
 
 def test_importing_the_cli_loads_no_heavy_library(tmp_path: Path) -> None:
-    loaded = _loaded_after("import ccloudvm.cli", tmp_path)
+    loaded = _loaded_after("import ccloudvm.cli.main", tmp_path)
     assert not [name for name in HEAVY if name in loaded]
 
 
 def test_help_and_instances_load_no_heavy_library(tmp_path: Path) -> None:
     for argv in (["--help"], ["instances"], ["instances", "--json"]):
         code = (
-            "import contextlib, io, ccloudvm.cli\n"
+            "import contextlib, io, ccloudvm.cli.main\n"
             "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
-            f"    ccloudvm.cli.main({argv!r})"
+            f"    ccloudvm.cli.main.main({argv!r})"
         )
         loaded = _loaded_after(code, tmp_path)
         assert not [name for name in HEAVY if name in loaded], argv

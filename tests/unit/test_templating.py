@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from ccloudvm.errors import UsageError
-from ccloudvm.hostinfo import HostUser
-from ccloudvm.proxy import ProxySettings
-from ccloudvm.templating import (
+from ccloudvm.core.errors import UsageError
+from ccloudvm.core.hostinfo import HostUser
+from ccloudvm.guest.proxy import ProxySettings
+from ccloudvm.workloads.templating import (
     Downloads,
     TemplateContext,
     make_environment,

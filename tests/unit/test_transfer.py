@@ -5,8 +5,8 @@ from typing import Any
 
 import pytest
 
-from ccloudvm import transfer
-from ccloudvm.errors import UsageError
+from ccloudvm.core.errors import UsageError
+from ccloudvm.remote import transfer
 
 
 class _Recorder:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ccloudvm import ui
+from ccloudvm.core import ui
 
 
 def test_messages_are_shown_as_they_are_never_as_markup(

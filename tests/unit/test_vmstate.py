@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from ccloudvm import vmstate
-from ccloudvm.instance_state import InstanceFiles
+from ccloudvm.instance import vmstate
+from ccloudvm.state.instance_state import InstanceFiles
 from tests.unit.test_qmp import FakeMonitor, Refuse
 
 SAVE_ANSWERS: dict[str, Any] = {

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from ccloudvm import warmboot
-from ccloudvm.accel import Acceleration
-from ccloudvm.images import BaseImage
-from ccloudvm.paths import StateDir
-from ccloudvm.qemu import DirectBoot, MachineConfig, command_line
-from ccloudvm.specs import MountSpec, PortSpec
+from ccloudvm.core.specs import MountSpec, PortSpec
+from ccloudvm.images.catalog import BaseImage
+from ccloudvm.state.paths import StateDir
+from ccloudvm.vm import warmboot
+from ccloudvm.vm.accel import Acceleration
+from ccloudvm.vm.qemu import DirectBoot, MachineConfig, command_line
 
 QEMU = "QEMU emulator version 7.2.22"
 
@@ -134,7 +134,7 @@ def test_environment_switch(monkeypatch: pytest.MonkeyPatch, value: str | None, 
 
 
 def test_the_image_waits_with_the_marker_the_host_expects() -> None:
-    from ccloudvm.paths import resource_dir
+    from ccloudvm.state.paths import resource_dir
 
     recipe = (resource_dir("images") / "debian-12.yaml").read_text()
     assert f'WAITING_MARKER = "{warmboot.WAITING_MARKER}"' in recipe

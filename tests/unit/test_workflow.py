@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from ccloudvm import instance, workflow
-from ccloudvm.cli import main
-from ccloudvm.instance_state import ImageRef, InstanceState, files_of, load_state, save_state
-from ccloudvm.local_target import LocalTarget
-from ccloudvm.paths import StateDir
+from ccloudvm.app import workflow
+from ccloudvm.cli.main import main
+from ccloudvm.instance import lifecycle as instance
+from ccloudvm.remote.local import LocalTarget
+from ccloudvm.state.instance_state import ImageRef, InstanceState, files_of, load_state, save_state
+from ccloudvm.state.paths import StateDir
 
 WORKLOADS = Path(__file__).resolve().parents[1] / "workloads"
 
@@ -309,7 +310,7 @@ def test_baremetal_provision_refuses_sudo_steps_without_passwordless_sudo(
     code = (
         "import os, sys\n"
         "os.geteuid = lambda: 65534\n"
-        "from ccloudvm.cli import main\n"
+        "from ccloudvm.cli.main import main\n"
         f"main(['baremetal', 'provision', {BAREMETAL!r}, '--yes'])\n"
     )
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}

@@ -12,19 +12,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ccloudvm.errors import NotFoundError, UsageError
-from ccloudvm.hostinfo import HostUser
-from ccloudvm.paths import StateDir, resource_dir
-from ccloudvm.proxy import ProxySettings, for_guest
-from ccloudvm.specs import PortSpec
-from ccloudvm.templating import TemplateContext
-from ccloudvm.workload import (
+from ccloudvm.core.errors import NotFoundError, UsageError
+from ccloudvm.core.hostinfo import HostUser
+from ccloudvm.core.specs import PortSpec
+from ccloudvm.guest.proxy import ProxySettings, for_guest
+from ccloudvm.state.paths import StateDir, resource_dir
+from ccloudvm.workloads.definition import (
     find_workload,
     list_workloads,
     load_workload,
     merge_config,
     render_workload_yaml,
 )
+from ccloudvm.workloads.templating import TemplateContext
 from tests.support.httpserver import serve_directory
 
 PEM = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
@@ -299,7 +299,7 @@ user_data: |
     - [echo, "{{ mounts[0].tag }} {{ vars.extra_one }}"]
 """,
     )
-    from ccloudvm.specs import MountSpec
+    from ccloudvm.core.specs import MountSpec
 
     ctx = TemplateContext(
         host=host,

@@ -1,0 +1,226 @@
+"""Reusable images: saving a provisioned instance, building a workload once, and finding
+that build again so `create` never provisions the same thing twice.
+
+A build is keyed by the hash of the workload as rendered (for a fixed instance name)
+and the key of its base image; the index <cache>/builds/KEY.json names the saved image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ccloudvm.core import diskspace, ui
+from ccloudvm.core.errors import CcloudvmError, NotFoundError, StateError, UsageError
+from ccloudvm.core.proc import run
+from ccloudvm.images import catalog as images
+from ccloudvm.images import generalise
+from ccloudvm.instance import lifecycle as instance
+from ccloudvm.instance.status import status as instance_status
+from ccloudvm.state.instance_state import files_of, instance_names, load_state
+from ccloudvm.state.paths import StateDir
+from ccloudvm.workloads.definition import Workload, render_workload_yaml
+
+BUILD_INSTANCE_NAME = "ccloudvm-build"  # the name workloads are rendered for when keyed
+
+
+def _builds_dir(state: StateDir) -> Path:
+    return state.cache / "builds"
+
+
+def base_key(state: StateDir, image_name: str) -> str:
+    try:
+        return images.load_definition(state, image_name).key
+    except NotFoundError:
+        saved = [i for i in images.cached_images(state) if i.name == image_name]
+        if not saved:
+            raise
+        return saved[-1].key
+
+
+def build_key(state: StateDir, workload: Workload) -> str:
+    digest = hashlib.sha256()
+    digest.update(render_workload_yaml(workload).encode())
+    digest.update(base_key(state, workload.image).encode())
+    return digest.hexdigest()[:16]
+
+
+def find_build(state: StateDir, key: str) -> images.BaseImage | None:
+    record = _builds_dir(state) / f"{key}.json"
+    try:
+        name = json.loads(record.read_text())["image"]
+    except (OSError, ValueError, KeyError):
+        return None
+    for image in images.cached_images(state):
+        if image.name == name and image.kind == "saved":
+            return image
+    return None
+
+
+def _record_build(state: StateDir, key: str, image: images.BaseImage, workload: str) -> None:
+    folder = _builds_dir(state)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{key}.tmp"
+    tmp.write_text(json.dumps({"image": image.name, "workload": workload, "image_key": image.key}))
+    os.replace(tmp, folder / f"{key}.json")
+
+
+def _save_needs(disk: Path) -> int:
+    """Bytes a save may write: the guest's data flattened (sparse raw), then compressed
+    (at most as big again). qemu-img measure counts the data the whole chain holds."""
+    measured = json.loads(run(["qemu-img", "measure", "--output=json", "-O", "qcow2", disk]).stdout)
+    return 2 * int(measured.get("required", 0))
+
+
+def save_instance(
+    state: StateDir, name: str, image_name: str, *, offline_generalise: bool = True
+) -> images.BaseImage:
+    """Turn stopped instance `name` into the reusable image `image_name`."""
+    inst = load_state(state, name)
+    files = files_of(state, name)
+    if instance_status(state, name)["state"] not in ("stopped", "crashed"):
+        raise StateError(
+            f"{name!r} is running; an image must be saved from a stopped instance",
+            hint=f"run 'ccloudvm stop {name}' first",
+        )
+    if any(i.name == image_name for i in images.cached_images(state)):
+        raise UsageError(
+            f"an image named {image_name!r} exists already",
+            hint=f"choose another name or 'ccloudvm image rm {image_name}'",
+        )
+    if any(d.name == image_name for d in images.list_definitions(state)):
+        raise UsageError(
+            f"{image_name!r} is the name of an image definition", hint="choose another name"
+        )
+    (state.cache / "tmp").mkdir(parents=True, exist_ok=True)
+    needed = _save_needs(files.disk)
+    diskspace.check_free_space(state.cache, needed)
+    with (
+        diskspace.reporting_full_disk(state.cache, needed),
+        tempfile.TemporaryDirectory(prefix="save-", dir=state.cache / "tmp") as tmp,
+    ):
+        flat = Path(tmp) / "disk.raw"
+        with ui.step(f"Flattening {name}'s disk"):
+            run(["qemu-img", "convert", "-O", "raw", files.disk, flat])
+        if offline_generalise:
+            generalise.generalise(flat, inst.guest_user)
+        image = images.save_image(
+            state, image_name, flat,
+            kernel=Path(inst.image.kernel) if inst.image.kernel else None,
+            initrd=Path(inst.image.initrd) if inst.image.initrd else None,
+            cmdline=inst.image.cmdline,
+            warm_boot=inst.image.warm_boot,
+        )  # fmt: skip
+    ui.info(f"saved {name} as image {image_name} ({image.disk.stat().st_size / 2**20:.0f} MiB)")
+    return image
+
+
+ONLINE_GENERALISE = """set -eu
+cloud-init clean --logs
+truncate -s 0 /etc/machine-id
+rm -f /var/lib/dbus/machine-id /etc/ssh/ssh_host_*
+rm -f "/home/$1/.ssh/authorized_keys"
+sync
+"""
+
+
+def build(state: StateDir, ref: str, options: Any) -> images.BaseImage:
+    """create -> provision -> generalise -> stop -> save, once per workload and base image."""
+    from ccloudvm.app import workflow
+
+    workload = workflow.resolve(state, ref, BUILD_INSTANCE_NAME)
+    key = build_key(state, workload)
+    existing = find_build(state, key)
+    if existing is not None and options.use_cache:
+        ui.info(
+            f"{workload.name} is already built as image {existing.name} (use --no-cache to rebuild)"
+        )
+        return existing
+    taken = set(instance_names(state))
+    name = next(
+        f"build-{workload.name}-{n}"
+        for n in range(1, 1000)
+        if f"build-{workload.name}-{n}" not in taken
+    )
+    options.name = name
+    options.use_cache = False
+    inst = workflow.create(state, ref, options)
+    try:
+        with instance.connect_target(state, inst.name) as target:
+            target.put_text(ONLINE_GENERALISE, "/tmp/ccloudvm-generalise.sh", mode=0o700)
+            code = target.run(["bash", "/tmp/ccloudvm-generalise.sh", inst.guest_user], sudo=True)
+            if code != 0:
+                raise CcloudvmError(f"generalising {inst.name} failed with exit status {code}")
+        instance.stop(state, inst.name)
+        image_name = f"{workload.name}-build-{key[:8]}"
+        for old in images.cached_images(state):
+            if old.name == image_name:
+                images.remove_image(old)
+        image = save_instance(state, inst.name, image_name, offline_generalise=False)
+        _record_build(state, key, image, workload.name)
+        instance.prepare_warm_boot(state, inst, image)
+    finally:
+        instance.delete(state, inst.name)
+    return image
+
+
+def images_in_use(state: StateDir) -> set[Path]:
+    """Image directories that an instance's disk is backed by."""
+    used = set()
+    for name in instance_names(state):
+        try:
+            used.add(Path(load_state(state, name).image.disk).parent)
+        except CcloudvmError:
+            continue
+    return used
+
+
+def remove(state: StateDir, name: str) -> None:
+    matches = [i for i in images.cached_images(state) if i.name == name]
+    if not matches:
+        raise NotFoundError(f"no cached image named {name!r}", hint="'ccloudvm images' lists them")
+    used = images_in_use(state)
+    for image in matches:
+        if image.directory in used:
+            raise StateError(
+                f"image {name!r} backs an instance's disk", hint="delete the instance first"
+            )
+    for image in matches:
+        images.remove_image(image)
+        ui.info(f"removed {image.name} ({image.directory.name})")
+
+
+def prune(state: StateDir) -> list[str]:
+    """Remove cached images that no instance uses and no definition or build index points at.
+
+    A damaged build record or definition cannot say what it points at, so while one is
+    there the images it might need stay (and the damaged file is named)."""
+    used = images_in_use(state)
+    wanted_builds = set()
+    broken_records = []
+    for record in sorted(_builds_dir(state).glob("*.json")) if _builds_dir(state).is_dir() else []:
+        try:
+            wanted_builds.add(str(json.loads(record.read_text())["image"]))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            broken_records.append(record)
+            ui.warn(f"build record {record} is damaged ({exc}); remove it, then prune again")
+    bad_definitions: list[CcloudvmError] = []
+    current_keys = {d.key for d in images.list_definitions(state, bad_definitions)}
+    for problem in bad_definitions:
+        ui.warn(f"{problem}; images of definitions are kept until it is fixed")
+    removed = []
+    for image in images.cached_images(state):
+        keep = image.directory in used or image.name in wanted_builds
+        if image.kind == "saved":
+            # A user's own `image save` is theirs: only superseded builds go.
+            keep = keep or "-build-" not in image.name or bool(broken_records)
+        else:
+            keep = keep or image.key in current_keys or bool(bad_definitions)
+        if not keep:
+            images.remove_image(image)
+            removed.append(image.directory.name)
+    return removed

@@ -1,0 +1,1 @@
+"""The command line: click commands, output formats, shell completion."""

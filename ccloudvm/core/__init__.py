@@ -1,0 +1,1 @@
+"""The ground floor: errors, terminal output, running host programs, host facts, sizes."""

@@ -1,0 +1,1 @@
+"""What is handed to a guest at first boot: the cloud-init seed, SSH keys, proxy settings."""

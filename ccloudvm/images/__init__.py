@@ -1,0 +1,1 @@
+"""Base images: definitions, download and verification, local builds, the cache."""

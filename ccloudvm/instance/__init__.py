@@ -1,0 +1,1 @@
+"""An instance's lifecycle: create, start, stop, delete, status, suspend, snapshots."""

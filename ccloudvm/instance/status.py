@@ -1,0 +1,60 @@
+"""What an instance is doing now, from its files and from QEMU itself.
+
+Kept apart from ccloudvm.instance.lifecycle, and light to import, so that `instances` and `status`
+start fast (issue 10): QMP (asyncio) is loaded only when a QEMU is there to ask.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ccloudvm.core import pids as process
+from ccloudvm.state.instance_state import InstanceFiles, creation, files_of, load_state
+from ccloudvm.state.paths import StateDir
+
+
+def status(state: StateDir, name: str) -> dict[str, Any]:
+    files = files_of(state, name)
+    making = creation(files)
+    if making is not None and not files.state.exists():
+        return _early_status(name, making, files)  # still fetching the image, say
+    inst = load_state(state, name)
+    pid = process.running_pid(files.pidfile, files.dir)
+    if making is not None:
+        run_state = making  # a create that runs, or one that ended without a ready guest
+    elif pid is None and (files.suspended / "suspend.json").is_file():
+        run_state = "suspended"  # ccloudvm.instance.suspend: the running state saved, QEMU gone
+    elif pid is None:
+        run_state = "crashed" if inst.desired == "running" else "stopped"
+    else:
+        from ccloudvm.vm import drivers  # QMP (asyncio) or libvirt: only when there is a machine
+
+        run_state = drivers.for_instance(files, inst).status()
+    return {
+        "name": inst.name,
+        "state": run_state,
+        "pid": pid,
+        "workload": inst.workload,
+        "image": inst.image.name,
+        "mem_mib": inst.mem_mib,
+        "cpus": inst.cpus,
+        "disk_gib": inst.disk_gib,
+        "accel": inst.accel_used,
+        "driver": f"libvirt {inst.connect}" if inst.driver == "libvirt" else inst.driver,
+        # How it first booted: from a warm-boot snapshot of its image, or cold.
+        "boot": "warm" if inst.warm_snapshot else "cold",
+        "ssh": f"{inst.guest_user}@{inst.host_ip}:{inst.ssh_port}",
+        "ports": [p.endpoint() for p in inst.port_specs()],
+        "mounts": [f"{m.host_path}->{m.guest_path}" for m in inst.mount_specs()],
+        "proxy": inst.proxy or "-",
+        "directory": str(files.dir),
+    }
+
+
+def _early_status(name: str, making: str, files: InstanceFiles) -> dict[str, Any]:
+    """The row of an instance whose create has not written its state yet."""
+    return {
+        "name": name, "state": making, "pid": None, "workload": "-", "image": "-",
+        "mem_mib": 0, "cpus": 0, "disk_gib": 0, "accel": "", "driver": "-", "boot": "-", "ssh": "-",
+        "ports": [], "mounts": [], "proxy": "-", "directory": str(files.dir),
+    }  # fmt: skip

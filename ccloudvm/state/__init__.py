@@ -1,0 +1,1 @@
+"""What ccloudvm keeps on disk: the state directory's layout and each instance's record."""

@@ -1,0 +1,1 @@
+"""One virtual machine: accelerator, QEMU command line and monitor, readiness, warm boot, drivers."""

@@ -1,0 +1,220 @@
+"""The libvirt driver: the instance's machine as a libvirt domain, driven through
+libvirt's own API (libvirt-python) against a URI, qemu:///session by default.
+
+The domain is built by ccloudvm.vm.libvirt_xml from the same MachineConfig as the QEMU
+driver's command line, redefined before every start (sizes and the SSH port may have
+changed), and marked in its metadata with the instance's folder: a domain of the same
+name without that mark is someone else's and is never touched.
+
+Only local URIs for now (qemu:///session, qemu:///system): the domain names the
+instance's files by their paths on this host.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from ccloudvm.core import ui
+from ccloudvm.core.errors import CcloudvmError, UsageError
+from ccloudvm.state.instance_state import InstanceFiles, InstanceState
+from ccloudvm.vm import qemu
+from ccloudvm.vm.drivers import LaunchFailed
+from ccloudvm.vm.libvirt_xml import domain_xml, owner_of
+
+if TYPE_CHECKING:
+    from ccloudvm.vm import warmboot
+
+
+def _libvirt() -> Any:
+    try:
+        import libvirt
+    except ImportError:
+        from ccloudvm.app.hostsetup import LIBVIRT_INSTALL
+
+        raise CcloudvmError(
+            "the libvirt driver needs libvirt-python, which is not installed",
+            hint=f"{LIBVIRT_INSTALL}; or use --driver qemu",
+        ) from None
+    # libvirt prints every error to stderr itself unless told not to; ours say it once.
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    return libvirt
+
+
+def _message(exc: Exception) -> str:
+    get = getattr(exc, "get_error_message", None)
+    text = get() if callable(get) else None
+    return str(text or exc).strip().splitlines()[0] if str(text or exc).strip() else repr(exc)
+
+
+def check_local(uri: str) -> None:
+    if urlsplit(uri).hostname:
+        raise UsageError(
+            f"libvirt on another host ({uri}) is not supported yet",
+            hint="use a local URI: qemu:///session or qemu:///system",
+        )
+
+
+def connect(uri: str) -> Any:
+    """An open connection to `uri`, or one line saying why not."""
+    libvirt = _libvirt()
+    check_local(uri)
+    try:
+        conn = libvirt.open(uri)
+    except libvirt.libvirtError as exc:
+        raise CcloudvmError(
+            f"libvirt at {uri} does not answer: {_message(exc)}",
+            hint="start the libvirt daemon (libvirtd or virtqemud), or give another --connect URI",
+        ) from None
+    if conn.getType() != "QEMU":
+        raise UsageError(
+            f"{uri} is libvirt's {conn.getType()} driver, not QEMU",
+            hint="give a qemu:// URI, such as qemu:///session",
+        )
+    return conn
+
+
+def _lookup(conn: Any, name: str) -> Any | None:
+    libvirt = _libvirt()
+    try:
+        return conn.lookupByName(name)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return None
+        raise CcloudvmError(f"libvirt could not look up {name!r}: {_message(exc)}") from None
+
+
+def _foreign(uri: str, name: str) -> CcloudvmError:
+    return UsageError(
+        f"libvirt at {uri} already has a domain named {name!r} that ccloudvm did not make; "
+        "it is left alone",
+        hint="choose another --name (or remove that domain yourself with virsh undefine)",
+    )
+
+
+def check_create(uri: str, name: str, folder: Path) -> None:
+    """Before a create makes anything: the URI answers, and no domain of that name is
+    someone else's (one left by an earlier instance in the same folder is ours)."""
+    conn = connect(uri)
+    try:
+        dom = _lookup(conn, name)
+        if dom is not None and owner_of(dom.XMLDesc(0)) != str(folder):
+            raise _foreign(uri, name)
+    finally:
+        conn.close()
+
+
+_STATES = {
+    0: "unknown",
+    1: "running",
+    2: "running",  # blocked on I/O: still running
+    3: "paused",
+    4: "shutting down",
+    5: "stopped",
+    6: "crashed",
+    7: "suspended",
+}
+
+
+class LibvirtDriver:
+    def __init__(self, files: InstanceFiles, inst: InstanceState) -> None:
+        self.files = files
+        self.inst = inst
+        self.uri = inst.connect or "qemu:///session"
+        self._conn: Any = None
+        self._xml = ""
+
+    def _connection(self) -> Any:
+        if self._conn is None:
+            self._conn = connect(self.uri)
+        return self._conn
+
+    def _domain(self) -> Any | None:
+        """Our domain, None if there is none; refuses a foreign one of the same name."""
+        dom = _lookup(self._connection(), self.inst.name)
+        if dom is not None and owner_of(dom.XMLDesc(0)) != str(self.files.dir):
+            raise _foreign(self.uri, self.inst.name)
+        return dom
+
+    def _call(self, what: str, method: Any, *args: Any) -> Any:
+        try:
+            return method(*args)
+        except _libvirt().libvirtError as exc:
+            raise CcloudvmError(
+                f"libvirt could not {what} {self.inst.name!r}: {_message(exc)}"
+            ) from None
+
+    def define(self, machine: qemu.MachineConfig, restore: warmboot.Snapshot | None = None) -> None:
+        if restore is not None:
+            raise LaunchFailed("the libvirt driver does not start from warm-boot snapshots")
+        dom = self._domain()
+        self._xml = domain_xml(
+            machine,
+            backing=Path(self.inst.image.disk),
+            owner=str(self.files.dir),
+            uuid=dom.UUIDString() if dom is not None else "",
+        )
+        (self.files.dir / "domain.xml").write_text(self._xml)  # what was defined, to read
+
+    def start(self) -> None:
+        libvirt = _libvirt()
+        try:
+            dom = self._connection().defineXML(self._xml)
+            dom.create()
+        except libvirt.libvirtError as exc:
+            raise LaunchFailed(
+                f"libvirt failed to start {self.inst.name!r}: {_message(exc)}",
+                hint=f"the domain it was given is {self.files.dir / 'domain.xml'}",
+            ) from None
+
+    def is_running(self) -> bool:
+        dom = self._domain()
+        return dom is not None and bool(self._call("ask about", dom.isActive))
+
+    def status(self) -> str:
+        dom = self._domain()
+        if dom is None:
+            return "stopped"
+        state, _reason = self._call("ask about", dom.state)
+        return _STATES.get(state, "unknown")
+
+    def stop(self, timeout: float) -> None:
+        dom = self._domain()
+        if dom is None or not self._call("ask about", dom.isActive):
+            return
+        self._call("shut down", dom.shutdown)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not dom.isActive():
+                return
+            time.sleep(0.2)
+        ui.warn(f"{self.inst.name} did not power off within {timeout:.0f} s; destroying it")
+        self.quit()
+
+    def quit(self) -> None:
+        dom = self._domain()
+        if dom is not None and self._call("ask about", dom.isActive):
+            self._call("destroy", dom.destroy)
+
+    def delete(self) -> None:
+        libvirt = _libvirt()
+        dom = self._domain()
+        if dom is None:
+            return
+        if dom.isActive():
+            self._call("destroy", dom.destroy)
+        flags = (
+            libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+            | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+            | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+        )
+        self._call("undefine", dom.undefineFlags, flags)
+
+    @property
+    def console_log(self) -> Path:
+        return Path(self.files.serial)
+
+    def ssh_endpoint(self) -> tuple[str, int]:
+        return self.inst.host_ip, self.inst.ssh_port

@@ -1,0 +1,1 @@
+"""Workload definitions (YAML with inheritance) and their sandboxed templates."""
