@@ -12,6 +12,7 @@ from ccloudvm.core.proc import PACKAGE_OF, find_program, run
 from ccloudvm.images import build as imagebuild
 from ccloudvm.state.paths import StateDir
 from ccloudvm.vm import accel
+from ccloudvm.vm.libvirt_driver import LIBVIRT_INSTALL, libvirt_problem
 
 # Programs ccloudvm runs, and what each is for (shown in the report).
 NEEDED = {
@@ -107,25 +108,6 @@ def subid_report() -> str | None:
         if blocked is not None:
             ui.warn(f"{blocked}: images cannot be built without root; {imagebuild.USERNS_HINT}")
             return blocked
-    return None
-
-
-# The libvirt driver is optional: setup reports it and installs nothing for it.
-LIBVIRT_INSTALL = (
-    "run 'make libvirt' in ccloudvm's source, or 'apt-get install --no-install-recommends "
-    "libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libxml2-utils libvirt-dev "
-    "pkg-config gcc' and 'pip install ccloudvm[libvirt]'"
-)
-
-
-def libvirt_problem() -> str | None:
-    """Why `create --driver libvirt` cannot work here, or None."""
-    import importlib.util
-
-    if importlib.util.find_spec("libvirt") is None:
-        return "libvirt-python is not installed in ccloudvm's Python"
-    if find_program("libvirtd") is None and find_program("virtqemud") is None:
-        return "no libvirt daemon (libvirtd or virtqemud) is installed"
     return None
 
 

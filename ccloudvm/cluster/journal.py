@@ -224,7 +224,7 @@ def kill_netns_processes(run: Runner, name: str) -> None:
         time.sleep(0.3)
 
 
-def _undo(words: list[str], run: Runner) -> None:
+def _undo(words: list[str], run: Runner) -> None:  # noqa: C901
     kind, args = words[0], words[1:]
     if kind == "link":
         if run(["ip", "link", "show", "dev", args[0]])[0] == 0:

@@ -89,7 +89,7 @@ class ClusterNetwork:
     external_interface: str
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any] | None = None) -> ClusterNetwork:
+    def from_mapping(cls, values: Mapping[str, Any] | None = None) -> ClusterNetwork:  # noqa: C901
         """Defaults overridden by a workload's `cluster: network:`; bad values are UsageErrors."""
         given = dict(values or {})
         for key in given:

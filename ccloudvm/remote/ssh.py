@@ -252,7 +252,7 @@ class SSHTarget:
 
     # -- commands -----------------------------------------------------------------
 
-    def _exec(
+    def _exec(  # noqa: C901
         self,
         command: str,
         on_stdout: Callable[[bytes], None],

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from ccloudvm.core import ui
 from ccloudvm.core.errors import CcloudvmError, UsageError
+from ccloudvm.core.proc import find_program
 from ccloudvm.state.instance_state import InstanceFiles, InstanceState
 from ccloudvm.vm import qemu
 from ccloudvm.vm.drivers import LaunchFailed
@@ -28,12 +29,29 @@ if TYPE_CHECKING:
     from ccloudvm.vm import warmboot
 
 
+# The libvirt driver is optional: `ccloudvm setup` reports it and installs nothing for it.
+LIBVIRT_INSTALL = (
+    "run 'make libvirt' in ccloudvm's source, or 'apt-get install --no-install-recommends "
+    "libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libxml2-utils libvirt-dev "
+    "pkg-config gcc' and 'pip install ccloudvm[libvirt]'"
+)
+
+
+def libvirt_problem() -> str | None:
+    """Why `create --driver libvirt` cannot work here, or None."""
+    import importlib.util
+
+    if importlib.util.find_spec("libvirt") is None:
+        return "libvirt-python is not installed in ccloudvm's Python"
+    if find_program("libvirtd") is None and find_program("virtqemud") is None:
+        return "no libvirt daemon (libvirtd or virtqemud) is installed"
+    return None
+
+
 def _libvirt() -> Any:
     try:
         import libvirt
     except ImportError:
-        from ccloudvm.app.hostsetup import LIBVIRT_INSTALL
-
         raise CcloudvmError(
             "the libvirt driver needs libvirt-python, which is not installed",
             hint=f"{LIBVIRT_INSTALL}; or use --driver qemu",

@@ -367,7 +367,7 @@ def _check_map(
     return value
 
 
-def _validate(doc: _Doc) -> None:
+def _validate(doc: _Doc) -> None:  # noqa: C901
     data = _check_map(doc, doc.data, TOP, ())
     if isinstance(data.get("inherits"), list):
         for index, parent in enumerate(data["inherits"]):

@@ -35,3 +35,40 @@ def test_ruff_format() -> None:
 def test_mypy_strict() -> None:
     result = _run(_tool("mypy"))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_layers_contract() -> None:
+    """A lower layer never imports a higher one (pyproject.toml's [tool.importlinter])."""
+    result = _run(_tool("lint-imports"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+MAX_MODULE_LINES = 400
+# Modules still over the limit while issue 9's splits land; each entry is a debt with its
+# size today, and the test fails if it grows or once it is paid (then remove the entry).
+OVER_LIMIT = {
+    "ccloudvm/vm/warmboot.py": 415,
+    "ccloudvm/state/instance_state.py": 418,
+    "ccloudvm/images/build.py": 430,
+    "ccloudvm/workloads/templating.py": 480,
+    "ccloudvm/remote/ssh.py": 538,
+    "ccloudvm/images/catalog.py": 556,
+    "ccloudvm/instance/lifecycle.py": 784,
+    "ccloudvm/cli/main.py": 822,
+    "ccloudvm/workloads/definition.py": 1017,
+}
+
+
+def test_no_module_over_400_lines() -> None:
+    sizes = {
+        str(path.relative_to(ROOT)): len(path.read_text().splitlines())
+        for path in sorted((ROOT / "ccloudvm").rglob("*.py"))
+    }
+    over = {
+        name: lines
+        for name, lines in sizes.items()
+        if lines > OVER_LIMIT.get(name, MAX_MODULE_LINES)
+    }
+    assert not over, f"modules over {MAX_MODULE_LINES} lines (split them): {over}"
+    paid = [name for name, lines in OVER_LIMIT.items() if sizes.get(name, 0) <= MAX_MODULE_LINES]
+    assert not paid, f"now within the limit, remove from OVER_LIMIT: {paid}"
