@@ -32,6 +32,7 @@ from typing import Any
 
 from ccloudvm.core import diskspace, proc, ui
 from ccloudvm.core.errors import CcloudvmError, ToolMissingError
+from ccloudvm.images import recipe_files
 
 # Part of every build recipe's cache key: bump it when the builder's output changes.
 RECIPE_FORMAT = 1
@@ -86,11 +87,7 @@ class BuildRecipe:
         size = data.get("size_gib", 4)
         if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= 1024:
             raise ValueError("'size_gib' must be a whole number from 1 to 1024")
-        files = data.get("files") or {}
-        if not isinstance(files, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in files.items()
-        ):
-            raise ValueError("'files' must map absolute paths to text")
+        files = recipe_files.file_texts(data.get("files") or {})
         for path in files:
             _guest_path(path)
         return cls(
