@@ -12,25 +12,19 @@ sees each argument as one quoted word and nothing in it is expanded.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
-import io
-import os
-import posixpath
-import shlex
 import socket
-import stat
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import IO
 
 import paramiko
 
-from ccloudvm.core.errors import CcloudvmError, UsageError
-from ccloudvm.remote.target import OutputSink, check_env_names
+from ccloudvm.core.errors import CcloudvmError
+from ccloudvm.remote.commands import LineSplitter, build_command
+from ccloudvm.remote.sftp import SFTPFiles
+from ccloudvm.remote.target import OutputSink
 
 KEEPALIVE_SECONDS = 15
 RETRY_PAUSE = 0.5
@@ -67,33 +61,6 @@ def known_hosts_line(host: str, port: int, host_key_public: str) -> str:
     """A known_hosts line pinning the instance's key, for the system ssh client."""
     kind, blob = _parse_public_key(host_key_public)
     return f"{host_key_name(host, port)} {kind} {base64.b64encode(blob).decode('ascii')}"
-
-
-def build_command(
-    argv: list[str], *, env: Mapping[str, str] | None = None, sudo: bool = False
-) -> str:
-    """The command line sent to the guest's shell: every argument quoted.
-
-    env goes through `env K=V ...` (after sudo, so sudo's env_reset does not drop it).
-    """
-    if not argv:
-        raise UsageError("empty command")
-    words: list[str] = []
-    if sudo:
-        words += ["sudo", "-n", "-E"]
-    if env:
-        check_env_names(env)
-        words += ["env", *(f"{key}={value}" for key, value in env.items())]
-    return shlex.join(words + list(argv))
-
-
-def _sftp_path(remote: str) -> str:
-    # SFTP paths are relative to the login directory; accept the ~/ users write.
-    if remote == "~":
-        return "."
-    if remote.startswith("~/"):
-        return remote[2:] or "."
-    return remote
 
 
 class _PinnedKeyPolicy(paramiko.MissingHostKeyPolicy):
@@ -312,7 +279,7 @@ class SSHTarget:
         timeout: float | None = None,
     ) -> int:
         """Run argv in the guest, stream stdout+stderr line by line to output, return the status."""
-        lines = _LineSplitter(output)
+        lines = LineSplitter(output)
         status = self._exec(build_command(argv, env=env, sudo=sudo), lines.feed, None, timeout)
         lines.flush()
         return status
@@ -345,153 +312,29 @@ class SSHTarget:
                 raise CcloudvmError(f"{self.name} offers no SFTP", hint="is sftp-server installed?")
         return self._sftp
 
-    def _file_error(self, exc: OSError, action: str, path: str) -> CcloudvmError:
-        if isinstance(exc, FileNotFoundError):
-            return CcloudvmError(f"cannot {action} {path} on {self.name}: no such file or folder")
-        if isinstance(exc, PermissionError):
-            return CcloudvmError(f"cannot {action} {path} on {self.name}: permission denied")
-        return CcloudvmError(f"cannot {action} {path} on {self.name}: {exc}")
-
-    def _write(self, source: IO[bytes], remote: str, mode: int) -> None:
-        sftp = self._sftp_client()
-        try:
-            with sftp.open(_sftp_path(remote), "wb") as handle:
-                handle.chmod(mode)  # before any content lands: secrets are never readable
-                handle.set_pipelined(True)
-                while chunk := source.read(_CHUNK):
-                    handle.write(chunk)
-        except OSError as exc:
-            raise self._file_error(exc, "write", remote) from exc
+    def _files(self) -> SFTPFiles:
+        return SFTPFiles(self.name, self._sftp_client)
 
     def put_file(self, local: Path, remote: str, *, mode: int = 0o644) -> None:
-        with open(local, "rb") as source:
-            self._write(source, remote, mode)
+        self._files().put_file(local, remote, mode=mode)
 
     def put_text(self, text: str, remote: str, *, mode: int = 0o644) -> None:
-        self._write(io.BytesIO(text.encode("utf-8")), remote, mode)
+        self._files().put_text(text, remote, mode=mode)
 
     def get_file(self, remote: str, local: Path) -> None:
-        """Copy a guest file to `local` (same mode), streamed into a temporary file and
-        renamed, so an interrupted copy never leaves a half file under the real name."""
-        sftp = self._sftp_client()
-        try:
-            attrs = sftp.stat(_sftp_path(remote))
-            handle = sftp.open(_sftp_path(remote), "rb")
-        except OSError as exc:
-            raise self._file_error(exc, "read", remote) from exc
-        mode = stat.S_IMODE(attrs.st_mode) if attrs.st_mode is not None else 0o644
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{local.name}.", suffix=".tmp", dir=local.parent)
-        except OSError as exc:
-            handle.close()
-            raise CcloudvmError(f"cannot write {local}: {exc.strerror}") from exc
-        try:
-            with handle, os.fdopen(fd, "wb") as out:
-                os.fchmod(out.fileno(), mode)
-                handle.prefetch(attrs.st_size)
-                while chunk := handle.read(_CHUNK):
-                    out.write(chunk)
-            os.replace(tmp, local)
-        except BaseException as exc:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            if isinstance(exc, OSError):
-                raise self._file_error(exc, "read", remote) from exc
-            raise
+        """Copy a guest file to `local` (same mode), never leaving a half file behind."""
+        self._files().get_file(remote, local)
 
     def is_dir(self, remote: str) -> bool:
-        try:
-            attrs = self._sftp_client().stat(_sftp_path(remote))
-        except OSError:
-            return False
-        return attrs.st_mode is not None and stat.S_ISDIR(attrs.st_mode)
-
-    def _exists(self, remote: str) -> bool:
-        try:
-            self._sftp_client().lstat(_sftp_path(remote))
-        except OSError:
-            return False
-        return True
-
-    def _mkdir(self, remote: str, mode: int) -> None:
-        sftp = self._sftp_client()
-        if self.is_dir(remote):
-            return
-        try:
-            sftp.mkdir(_sftp_path(remote), mode)
-        except OSError as exc:
-            raise self._file_error(exc, "create folder", remote) from exc
+        return self._files().is_dir(remote)
 
     def put_tree(self, local_dir: Path, remote_dir: str) -> None:
         """Copy the folder local_dir to remote_dir (created), like `cp -r` and keeping modes."""
-        if not local_dir.is_dir():
-            raise UsageError(f"{local_dir} is not a folder")
-        self._mkdir(remote_dir, stat.S_IMODE(local_dir.stat().st_mode))
-        sftp = self._sftp_client()
-        for entry in sorted(local_dir.iterdir()):
-            remote = posixpath.join(remote_dir, entry.name)
-            if entry.is_symlink():
-                try:
-                    if self._exists(remote):
-                        sftp.remove(_sftp_path(remote))
-                    sftp.symlink(str(entry.readlink()), _sftp_path(remote))
-                except OSError as exc:
-                    raise self._file_error(exc, "create symlink", remote) from exc
-            elif entry.is_dir():
-                self.put_tree(entry, remote)
-            elif entry.is_file():
-                self.put_file(entry, remote, mode=stat.S_IMODE(entry.stat().st_mode))
-            # sockets, fifos and devices are not copied
+        self._files().put_tree(local_dir, remote_dir)
 
     def get_tree(self, remote_dir: str, local_dir: Path) -> None:
         """Copy the folder remote_dir to local_dir (created), keeping modes and symlinks."""
-        sftp = self._sftp_client()
-        try:
-            entries = sftp.listdir_attr(_sftp_path(remote_dir))
-        except OSError as exc:
-            raise self._file_error(exc, "list", remote_dir) from exc
-        local_dir.mkdir(parents=True, exist_ok=True)
-        for attrs in sorted(entries, key=lambda a: a.filename):
-            remote = posixpath.join(remote_dir, attrs.filename)
-            local = local_dir / attrs.filename
-            mode = attrs.st_mode or 0
-            if stat.S_ISLNK(mode):
-                try:
-                    target = sftp.readlink(_sftp_path(remote))
-                except OSError as exc:
-                    raise self._file_error(exc, "read symlink", remote) from exc
-                if target is not None:
-                    local.unlink(missing_ok=True)
-                    local.symlink_to(target)
-            elif stat.S_ISDIR(mode):
-                self.get_tree(remote, local)
-                local.chmod(stat.S_IMODE(mode))
-            elif stat.S_ISREG(mode):
-                self.get_file(remote, local)
-
-
-class _LineSplitter:
-    """Turns a byte stream into lines (without the newline) for an OutputSink."""
-
-    def __init__(self, sink: OutputSink | None) -> None:
-        self._sink = sink
-        self._pending = b""
-
-    def feed(self, data: bytes) -> None:
-        if self._sink is None:
-            return
-        *lines, self._pending = (self._pending + data).split(b"\n")
-        for line in lines:
-            self._emit(line)
-
-    def flush(self) -> None:
-        if self._pending:
-            self._emit(self._pending)
-            self._pending = b""
-
-    def _emit(self, line: bytes) -> None:
-        assert self._sink is not None
-        self._sink(line.rstrip(b"\r").decode("utf-8", errors="replace"))
+        self._files().get_tree(remote_dir, local_dir)
 
 
 def wait_for_ssh(
