@@ -219,7 +219,7 @@ class SSHTarget:
 
     # -- commands -----------------------------------------------------------------
 
-    def _exec(  # noqa: C901
+    def _exec(
         self,
         command: str,
         on_stdout: Callable[[bytes], None],
@@ -236,34 +236,18 @@ class SSHTarget:
             channel.set_combine_stderr(on_stderr is None)
             channel.settimeout(_POLL)
             channel.exec_command(command)
-            while True:
-                if deadline is not None and time.monotonic() > deadline:
-                    raise CcloudvmError(
-                        f"command on {self.name} did not finish within {timeout:g} s: {command}"
-                    )
-                if on_stderr is not None and channel.recv_stderr_ready():
-                    on_stderr(channel.recv_stderr(_CHUNK))
-                try:
-                    data = channel.recv(_CHUNK)
-                except TimeoutError:
-                    continue
-                if not data:
-                    break
-                on_stdout(data)
-            if on_stderr is not None:
-                while data := channel.recv_stderr(_CHUNK):
-                    on_stderr(data)
+            if not _pump(channel, on_stdout, on_stderr, deadline):
+                raise CcloudvmError(
+                    f"command on {self.name} did not finish within {timeout:g} s: {command}"
+                )
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.1)
             if not channel.status_event.wait(remaining):
                 raise CcloudvmError(f"command on {self.name} gave no exit status: {command}")
             status = channel.recv_exit_status()
-            if status < 0:
-                transport = channel.get_transport()
-                if not transport.is_active():
-                    raise self._lost(EOFError("connection closed during the command"))
-                # No status but the connection is fine: killed by a signal. ssh(1) says 255.
-                return 255
-            return status
+            if status < 0 and not channel.get_transport().is_active():
+                raise self._lost(EOFError("connection closed during the command"))
+            # No status but the connection is fine: killed by a signal. ssh(1) says 255.
+            return 255 if status < 0 else status
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise self._lost(exc) from exc
         finally:
@@ -335,6 +319,32 @@ class SSHTarget:
     def get_tree(self, remote_dir: str, local_dir: Path) -> None:
         """Copy the folder remote_dir to local_dir (created), keeping modes and symlinks."""
         self._files().get_tree(remote_dir, local_dir)
+
+
+def _pump(
+    channel: paramiko.Channel,
+    on_stdout: Callable[[bytes], None],
+    on_stderr: Callable[[bytes], None] | None,
+    deadline: float | None,
+) -> bool:
+    """Hand a command's output to the callbacks until it ends; False if `deadline`
+    (time.monotonic()) passed first."""
+    while True:
+        if deadline is not None and time.monotonic() > deadline:
+            return False
+        if on_stderr is not None and channel.recv_stderr_ready():
+            on_stderr(channel.recv_stderr(_CHUNK))
+        try:
+            data = channel.recv(_CHUNK)
+        except TimeoutError:
+            continue
+        if not data:
+            break
+        on_stdout(data)
+    if on_stderr is not None:
+        while data := channel.recv_stderr(_CHUNK):
+            on_stderr(data)
+    return True
 
 
 def wait_for_ssh(

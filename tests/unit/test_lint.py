@@ -51,7 +51,6 @@ OVER_LIMIT = {
     "ccloudvm/state/instance_state.py": 418,
     "ccloudvm/images/build.py": 430,
     "ccloudvm/workloads/templating.py": 480,
-    "ccloudvm/remote/ssh.py": 538,
     "ccloudvm/images/catalog.py": 556,
     "ccloudvm/instance/lifecycle.py": 784,
     "ccloudvm/cli/main.py": 822,
