@@ -325,11 +325,11 @@ def test_setup_refuses_a_subnet_in_use_inside_the_machine(
 CHILD = """
 import json, sys
 from pathlib import Path
-from ccloudvm import cluster
+from ccloudvm.cluster import network
 from ccloudvm.cluster.baremetal import run_baremetal
 from ccloudvm.state.paths import StateDir
 d = json.loads(Path(sys.argv[1]).read_text())
-cluster.TEST_PAUSE_AFTER_CHANGES = d["changes"]  # the test hook; never from the environment
+network.TEST_PAUSE_AFTER_CHANGES = d["changes"]  # the test hook; never from the environment
 run_baremetal(d["name"], d["scripts"], "setup", state=StateDir(Path(d["state"])),
               network=d["network"])
 """
@@ -339,7 +339,7 @@ run_baremetal(d["name"], d["scripts"], "setup", state=StateDir(Path(d["state"]))
 CHILD_HOST = """
 import json, sys, time
 from pathlib import Path
-from ccloudvm import netns
+from ccloudvm.cluster import baremetal as netns
 from ccloudvm.state.paths import StateDir
 d = json.loads(Path(sys.argv[1]).read_text())
 must = netns.BareMetalCluster._must
