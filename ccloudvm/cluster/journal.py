@@ -4,7 +4,9 @@ One change per line, its kind first, written (and synced) BEFORE the change is m
 an undo from the journal is complete even after a crash half-way: an entry whose change
 never happened is simply skipped. The cluster shell scripts write the same format
 (templates/cluster/_common.sh.j2); this module is the Python side, used for the
-bare-metal namespace and as a fallback when a cleanup script cannot run.
+bare-metal namespace and as a fallback when a cleanup script cannot run. Each entry is
+undone by the shell's own undo (templates/cluster/_undo.sh.j2, `undo_entry`), which
+this module runs on the host: one implementation, in the guest and here.
 
     netns NAME                    ip netns del NAME (after killing what runs in it)
     link NAME                     ip link del NAME
@@ -26,14 +28,16 @@ argument round-trips, and reading a line never evaluates its text.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
-import re
 import shlex
 import tempfile
-import time
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from urllib.parse import quote, unquote_to_bytes
+
+from ccloudvm.state.paths import resource_dir
+from ccloudvm.workloads.templating import make_environment
 
 Runner = Callable[[Sequence[str]], tuple[int, str]]
 """Runs argv as root on the machine the journal describes; returns (status, output)."""
@@ -64,6 +68,7 @@ _ARITY = {
     "statedir": 1,
     "docker": 1,
 }
+UNDO_TEMPLATE = "cluster/_undo.sh.j2"
 _SAFE = "/:=,+@~"  # with quote()'s own letters, digits and _.- : the shell side's set
 _EMPTY = "%00"
 
@@ -161,7 +166,7 @@ class Journal:
                 statedirs.append(line)
                 continue
             try:
-                _undo(parse_line(line), run)
+                _undo_entry(parse_line(line), run)
             except (JournalError, OSError) as exc:
                 failed.append(f"{_display(line)}: {exc}")
                 kept.append(line)
@@ -201,102 +206,22 @@ class Journal:
             ) from exc
 
 
-def _must(run: Runner, argv: Sequence[str]) -> str:
-    status, output = run(argv)
+@functools.cache
+def undo_script() -> str:
+    """The shell's undo (templates/cluster/_undo.sh.j2, the cluster scripts' own) as a
+    `bash -c` script: `undo_entry KIND ARGS...` with the entry's words as arguments."""
+    env = make_environment(False, [resource_dir("templates")])
+    functions = env.get_template(UNDO_TEMPLATE).render()
+    return f'set -eu\n{functions}\nundo_entry "$@"\n'
+
+
+def undo_argv(words: Sequence[str]) -> list[str]:
+    """The command that undoes one journal entry (decoded words), run as root."""
+    return ["bash", "-c", undo_script(), "ccloudvm-undo", *words]
+
+
+def _undo_entry(words: Sequence[str], run: Runner) -> None:
+    status, output = run(undo_argv(words))
     if status != 0:
         tail = output.strip().splitlines()[-1:] or [f"exit status {status}"]
-        raise JournalError(f"{' '.join(argv)}: {tail[0]}")
-    return output
-
-
-def _swap_op(args: Sequence[str], op: str) -> list[str]:
-    return [op if word in ("-A", "-I") else word for word in args]
-
-
-def kill_netns_processes(run: Runner, name: str) -> None:
-    """Stop whatever still runs in network namespace `name`: TERM, then KILL."""
-    for signal in ("-TERM", "-KILL"):
-        status, output = run(["ip", "netns", "pids", name])
-        pids = output.split() if status == 0 else []
-        if not pids:
-            return
-        run(["kill", signal, *pids])
-        time.sleep(0.3)
-
-
-def _undo(words: list[str], run: Runner) -> None:  # noqa: C901
-    kind, args = words[0], words[1:]
-    if kind == "link":
-        if run(["ip", "link", "show", "dev", args[0]])[0] == 0:
-            _must(run, ["ip", "link", "del", args[0]])
-    elif kind == "netns":
-        if Path("/run/netns", args[0]).exists():
-            kill_netns_processes(run, args[0])
-            _must(run, ["ip", "netns", "del", args[0]])
-    elif kind == "sysctl":
-        _must(run, ["sysctl", "-q", "-w", f"{args[0]}={args[1]}"])
-    elif kind == "iptables":
-        if run(["iptables", "-w", *_swap_op(args, "-C")])[0] == 0:
-            _must(run, ["iptables", "-w", *_swap_op(args, "-D")])
-    elif kind == "iptables-table":
-        _drop_empty_table(run, args[0])
-    elif kind == "pidfile":
-        _stop_pidfile(run, args[0], Path(args[1]))
-    elif kind == "file":
-        _must(run, ["rm", "-f", "--", args[0]])
-    elif kind == "backup":
-        if Path(args[1]).exists() or Path(args[1]).is_symlink():
-            _must(run, ["rm", "-f", "--", args[0]])
-            _must(run, ["cp", "-a", "--", args[1], args[0]])
-            _must(run, ["rm", "-f", "--", args[1]])
-    elif kind == "dir":
-        if args[0] in ("/", ""):
-            raise JournalError(f"refusing to remove directory {args[0]!r}")
-        _must(run, ["rm", "-rf", "--", args[0]])
-    elif kind == "exec":
-        run(args)
-    elif kind == "docker" and run(["docker", "inspect", args[0]])[0] == 0:
-        _must(run, ["docker", "rm", "-f", args[0]])
-
-
-def _drop_empty_table(run: Runner, table: str) -> None:
-    status, version = run(["iptables", "-V"])
-    if status != 0 or "nf_tables" not in version:
-        return  # legacy iptables: tables are the kernel's, nothing was made
-    if run(["nft", "list", "table", "ip", table])[0] != 0:
-        return
-    status, rules = run(["iptables", "-w", "-t", table, "-S"])
-    lines = rules.split("\n") if status == 0 else ["unknown"]
-    if all(re.fullmatch(r"-P [A-Z]+ ACCEPT", line) for line in lines if line.strip()):
-        _must(run, ["nft", "delete", "table", "ip", table])
-
-
-def _stop_pidfile(run: Runner, comm: str, path: Path) -> None:
-    pid = _read_pid(path)
-    if pid is not None and _comm(pid) == comm:
-        run(["kill", str(pid)])
-        for _ in range(25):
-            if _comm(pid) is None:
-                break
-            time.sleep(0.2)
-        else:
-            run(["kill", "-KILL", str(pid)])
-    _must(run, ["rm", "-f", "--", str(path)])
-
-
-def _read_pid(path: Path) -> int | None:
-    try:
-        text = path.read_text().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
-
-
-def _comm(pid: int) -> str | None:
-    """The name of running process `pid`; None if gone or a zombie waiting to be reaped."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(") ")[2][:1]
-        name = Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return None
-    return None if state == "Z" else name
+        raise JournalError(tail[0].removeprefix("ERROR: "))

@@ -434,6 +434,23 @@ def test_a_replaced_file_is_backed_up_and_restored(tmp_path: Path) -> None:
     assert not state.exists()
 
 
+def test_a_backup_the_shell_cannot_put_back_is_kept_copy_and_all(tmp_path: Path) -> None:
+    """undo_journal stops an entry at its first failing command, as the host's undo does:
+    the copy of the original stays unless it was put back."""
+    from ccloudvm.cluster.journal import Journal
+
+    state = tmp_path / "state"
+    copy = tmp_path / "backup" / "c.yaml"
+    copy.parent.mkdir()
+    copy.write_text("theirs\n")
+    gone = tmp_path / "gone" / "c.yaml"  # its folder went: cp cannot put the file back
+    Journal(state / "journal").record("backup", str(gone), str(copy))
+    undo = _journal_script(tmp_path, "undo_journal || echo FAILED\n")
+    assert "could not undo: backup" in undo.stdout and "FAILED" in undo.stdout
+    assert copy.read_text() == "theirs\n"
+    assert Journal(state / "journal").entries() == [["backup", str(gone), str(copy)]]
+
+
 def test_the_shell_undoes_a_journal_python_wrote(tmp_path: Path) -> None:
     from ccloudvm.cluster.journal import Journal
 

@@ -17,6 +17,7 @@ from ccloudvm.cluster.baremetal import (
     run_baremetal,
     veth_plan,
 )
+from ccloudvm.cluster.journal import undo_argv
 from ccloudvm.cluster.network import ClusterNetwork
 from ccloudvm.core.errors import CcloudvmError, StateError, ToolMissingError, UsageError
 from ccloudvm.remote.target import OutputSink
@@ -212,7 +213,8 @@ def test_cleanup_fails_clearly_when_the_journal_cannot_be_rewritten(
     class Refusing(FakeRunner):
         def __call__(self, argv: Sequence[str]) -> tuple[int, str]:
             super().__call__(argv)
-            return (1, "Operation not permitted") if argv[:2] == ["rm", "-f"] else (0, "")
+            refused = list(argv) == undo_argv(["file", "/etc/ciao/configuration.yaml"])
+            return (1, "Operation not permitted") if refused else (0, "")
 
     def denied(**_: object) -> tuple[int, str]:
         raise PermissionError(13, "Permission denied")
