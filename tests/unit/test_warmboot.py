@@ -133,11 +133,14 @@ def test_environment_switch(monkeypatch: pytest.MonkeyPatch, value: str | None, 
     assert warmboot.enabled() is on
 
 
-def test_the_image_waits_with_the_marker_the_host_expects() -> None:
-    from ccloudvm.state.paths import resource_dir
+def test_the_image_waits_with_the_marker_the_host_expects(tmp_path: Path) -> None:
+    from ccloudvm.images import catalog
+    from ccloudvm.state.paths import StateDir, resource_dir
 
     recipe = (resource_dir("images") / "debian-12.yaml").read_text()
-    assert f'WAITING_MARKER = "{warmboot.WAITING_MARKER}"' in recipe
+    build = catalog.load_definition(StateDir(tmp_path), "debian-12").build
+    assert build is not None  # its files, the script named by module among them
+    assert f'WAITING_MARKER = "{warmboot.WAITING_MARKER}"' in "\n".join(build.files.values())
     assert "warm: true" in recipe
 
 
