@@ -54,7 +54,6 @@ OVER_LIMIT = {
     "ccloudvm/images/catalog.py": 556,
     "ccloudvm/instance/lifecycle.py": 784,
     "ccloudvm/cli/main.py": 822,
-    "ccloudvm/workloads/definition.py": 1017,
 }
 
 
