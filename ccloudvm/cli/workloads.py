@@ -58,6 +58,15 @@ def show(workload: str, name: str) -> None:
     click.echo(render_workload_yaml(rendered), nl=False)
 
 
+@workload_group.command("schema")
+def schema() -> None:
+    """Print the JSON Schema of a workload file (docs/workload.schema.json), for editors
+    (yaml-language-server) and validators such as check-jsonschema."""
+    from ccloudvm.workloads.model import json_schema
+
+    click.echo(json_schema(), nl=False)
+
+
 @click.command("provision")
 @click.argument("name", shell_complete=completion.complete_instances)
 @click.option(

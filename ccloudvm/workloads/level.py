@@ -10,30 +10,15 @@ from typing import Any
 import jinja2
 import yaml
 
+from ccloudvm.core.config import Path_
 from ccloudvm.core.errors import UsageError
-from ccloudvm.core.sizes import SizeError, accepted_forms, parse_size
-from ccloudvm.core.specs import SECURITY_MODELS, MountSpec, PortSpec
-from ccloudvm.workloads.parse import CLUSTER_SCRIPTS, _Doc
+from ccloudvm.core.specs import MountSpec, PortSpec
+from ccloudvm.workloads import model
+from ccloudvm.workloads.parse import ParsedFile
 from ccloudvm.workloads.sources import _bundled_dir
 from ccloudvm.workloads.spec import Check, DriveSpec, ProvisionStep, VMSpec
 from ccloudvm.workloads.templating import Downloads, TemplateContext, make_environment, render
 from ccloudvm.workloads.templating import variables as template_variables
-
-DRIVE_FORMAT_RE = re.compile(r"[a-z0-9]+")
-
-
-def _size(doc: _Doc, path: tuple[str | int, ...], value: int | str, unit: str) -> int:
-    """An integer in `unit` (M or G), or a string like '4G', '512M' or '1.5G' (ccloudvm.core.sizes)."""
-    try:
-        number = parse_size(value, unit)
-    except SizeError as exc:
-        raise UsageError(
-            f"{doc.where(path)} must be a number or a size like 4G, not {value!r}",
-            hint=accepted_forms(unit),
-        ) from exc
-    if number <= 0:
-        raise UsageError(f"{doc.where(path)} must be positive")
-    return number
 
 
 class _Level:
@@ -41,7 +26,7 @@ class _Level:
 
     def __init__(
         self,
-        doc: _Doc,
+        doc: ParsedFile,
         ctx: TemplateContext,
         wvars: Mapping[str, Any],
         cache_dir: Path,
@@ -61,7 +46,7 @@ class _Level:
 
     def render(
         self,
-        path: tuple[str | int, ...],
+        path: Path_,
         *,
         inline: str | None = None,
         file: str | None = None,
@@ -79,79 +64,60 @@ class _Level:
             names=names,
         )
 
-    def text(self, path: tuple[str | int, ...], value: str) -> str:
+    def text(self, path: Path_, value: str) -> str:
         return self.render(path, inline=value)
 
     def vm(self) -> VMSpec:
-        doc, vm = self.doc, self.doc.data.get("vm") or {}
-        mem, disk = vm.get("mem"), vm.get("disk")
+        vm = self.doc.model.vm or model.VM()
         for key in ("mounts", "drives"):
-            if self.untrusted_from is not None and vm.get(key):
+            if self.untrusted_from is not None and getattr(vm, key):
                 # A script from the internet must not get host folders or disks handed to it.
                 raise UsageError(
-                    f"{doc.where(('vm', key))}: {self._untrusted_text()} cannot share host {key}",
+                    f"{self.doc.where(('vm', key))}: {self._untrusted_text()} cannot share host {key}",
                     hint="download it and run it as a local file, or add --mount yourself",
                 )
-        ports = []
-        for index, port in enumerate(vm.get("ports") or []):
-            where = ("vm", "ports", index)
-            try:
-                ports.append(PortSpec.parse(self.text(where, str(port))))
-            except UsageError as exc:
-                raise UsageError(
-                    f"{doc.where(where)}: {exc.message}",
-                    hint="write HOST:GUEST like '8080:80', or one port for both sides",
-                ) from exc
-        mounts = []
-        for index, item in enumerate(vm.get("mounts") or []):
-            path: tuple[str | int, ...] = ("vm", "mounts", index)
-            guest = self.text((*path, "guest"), item["guest"])
-            if not guest.startswith("/"):
-                raise UsageError(f"{doc.where((*path, 'guest'))} must be an absolute path")
-            model = item.get("security_model")
-            if model is not None and model not in SECURITY_MODELS:
-                raise UsageError(
-                    f"{doc.where((*path, 'security_model'))}: unknown 9p security model {model!r}",
-                    hint="use one of " + ", ".join(SECURITY_MODELS),
-                )
-            # Untagged mounts get their tag after the chain is merged (_tag_mounts).
-            tag = self.text((*path, "tag"), item["tag"]) if item.get("tag") else ""
-            mounts.append(
-                MountSpec(
-                    host_path=Path(self.text((*path, "host"), item["host"])).expanduser(),
-                    guest_path=guest,
-                    tag=tag,
-                    security_model=model,
-                    readonly=bool(item.get("readonly", False)),
-                )
-            )
-        drives = []
-        for index, item in enumerate(vm.get("drives") or []):
-            path = ("vm", "drives", index)
-            fmt = item.get("format") or "qcow2"
-            if not DRIVE_FORMAT_RE.fullmatch(fmt):
-                raise UsageError(
-                    f"{doc.where((*path, 'format'))}: {fmt!r} is not a disk format",
-                    hint="use a QEMU format name such as qcow2 or raw",
-                )
-            drives.append(
-                DriveSpec(
-                    path=Path(self.text((*path, "path"), item["path"])).expanduser(),
-                    format=fmt,
-                    options=item.get("options") or "",
-                )
-            )
         return VMSpec(
-            mem_mib=_size(doc, ("vm", "mem"), mem, "M") if mem is not None else None,
-            cpus=vm.get("cpus"),
-            disk_gib=_size(doc, ("vm", "disk"), disk, "G") if disk is not None else None,
-            ports=tuple(ports),
-            mounts=tuple(mounts),
-            drives=tuple(drives),
+            mem_mib=vm.mem,
+            cpus=vm.cpus,
+            disk_gib=vm.disk,
+            ports=tuple(self._port(index, port) for index, port in enumerate(vm.ports or [])),
+            mounts=tuple(self._mount(index, mount) for index, mount in enumerate(vm.mounts or [])),
+            drives=tuple(
+                DriveSpec(
+                    path=Path(self.text(("vm", "drives", index, "path"), drive.path)).expanduser(),
+                    format=drive.format or "qcow2",
+                    options=drive.options or "",
+                )
+                for index, drive in enumerate(vm.drives or [])
+            ),
+        )
+
+    def _port(self, index: int, port: int | str) -> PortSpec:
+        where: Path_ = ("vm", "ports", index)
+        try:
+            return PortSpec.parse(self.text(where, str(port)))
+        except UsageError as exc:
+            raise UsageError(
+                f"{self.doc.where(where)}: {exc.message}",
+                hint="write HOST:GUEST like '8080:80', or one port for both sides",
+            ) from exc
+
+    def _mount(self, index: int, mount: model.Mount) -> MountSpec:
+        path: Path_ = ("vm", "mounts", index)
+        guest = self.text((*path, "guest"), mount.guest)
+        if not guest.startswith("/"):
+            raise UsageError(f"{self.doc.where((*path, 'guest'))} must be an absolute path")
+        return MountSpec(
+            host_path=Path(self.text((*path, "host"), mount.host)).expanduser(),
+            guest_path=guest,
+            # Untagged mounts get their tag after the chain is merged (merge.tag_mounts).
+            tag=self.text((*path, "tag"), mount.tag) if mount.tag else "",
+            security_model=mount.security_model,
+            readonly=bool(mount.readonly),
         )
 
     def user_data(self) -> dict[str, Any]:
-        value = self.doc.data.get("user_data")
+        value = self.doc.model.user_data
         if value is None:
             return {}
         if isinstance(value, dict):
@@ -159,7 +125,7 @@ class _Level:
         text = self.text(("user_data",), value)
         return _parse_cloud_config(text, f"{self.doc.where(('user_data',))} (rendered)")
 
-    def _resolve_file(self, path: tuple[str | int, ...], ref: str) -> Path:
+    def _resolve_file(self, path: Path_, ref: str) -> Path:
         src = self.doc.src
         if src.base_dir is None or self.untrusted_from is not None:
             raise UsageError(
@@ -178,79 +144,74 @@ class _Level:
         return f"a workload inherited by {self.untrusted_from} (from a URL)"
 
     def steps(self) -> list[ProvisionStep]:
-        steps = []
-        for index, raw in enumerate(self.doc.data.get("provision") or []):
-            path: tuple[str | int, ...] = ("provision", index)
-            only = raw.get("only")
-            if only == ("vm" if self.ctx.bare_metal else "host"):
-                continue
-            name = str(raw["name"])
-            env = tuple(
-                (str(key), self.text((*path, "env", str(key)), str(value)))
-                for key, value in (raw.get("env") or {}).items()
+        skipped = "vm" if self.ctx.bare_metal else "host"
+        return [
+            self._step(index, step)
+            for index, step in enumerate(self.doc.model.provision or [])
+            if step.only != skipped
+        ]
+
+    def _step(self, index: int, step: model.Step) -> ProvisionStep:
+        path: Path_ = ("provision", index)
+        env = tuple(
+            (key, self.text((*path, "env", key), str(value)))
+            for key, value in (step.env or {}).items()
+        )
+        sudo = bool(step.sudo)
+        if step.copy_ is not None:
+            return ProvisionStep(
+                name=step.name,
+                copy_src=self._resolve_file((*path, "copy", "src"), step.copy_.src),
+                copy_dest=self.text((*path, "copy", "dest"), step.copy_.dest),
+                sudo=sudo,
+                copy_mode=0o644 if step.copy_.mode is None else step.copy_.mode,
+                env=env,
             )
-            for key, _ in env:
-                if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-                    raise UsageError(f"{self.doc.where((*path, 'env'))}: bad variable name {key!r}")
-            sudo = bool(raw.get("sudo", False))
-            if raw.get("copy") is not None:
-                copy = raw["copy"]
-                mode = str(copy.get("mode", "0644"))
-                if not re.fullmatch(r"0?[0-7]{3}", mode):
-                    raise UsageError(f"{self.doc.where((*path, 'copy', 'mode'))} must be octal")
-                steps.append(
-                    ProvisionStep(
-                        name=name,
-                        copy_src=self._resolve_file((*path, "copy", "src"), copy["src"]),
-                        copy_dest=self.text((*path, "copy", "dest"), copy["dest"]),
-                        sudo=sudo,
-                        copy_mode=int(mode, 8),
-                        env=env,
-                    )
-                )
-                continue
-            downloads = Downloads(
-                self.cache_dir, f"step {name!r}", restricted=self.untrusted_from is not None
-            )
-            if raw.get("script") is not None:
-                script = self.render((*path, "script"), file=raw["script"], downloads=downloads)
-            else:
-                script = self.render((*path, "run"), inline=raw["run"], downloads=downloads)
-            steps.append(
-                ProvisionStep(
-                    name=name, script=script, sudo=sudo, uploads=tuple(downloads.items), env=env
-                )
-            )
-        return steps
+        downloads = Downloads(
+            self.cache_dir, f"step {step.name!r}", restricted=self.untrusted_from is not None
+        )
+        if step.script is not None:
+            script = self.render((*path, "script"), file=step.script, downloads=downloads)
+        else:
+            script = self.render((*path, "run"), inline=step.run, downloads=downloads)
+        return ProvisionStep(
+            name=step.name, script=script, sudo=sudo, uploads=tuple(downloads.items), env=env
+        )
 
     def checks(self) -> list[Check]:
         checks = []
-        for index, raw in enumerate(self.doc.data.get("checks") or []):
-            path: tuple[str | int, ...] = ("checks", index)
-            if raw.get("script") is not None:
-                run = self.render((*path, "script"), file=raw["script"])
+        for index, check in enumerate(self.doc.model.checks or []):
+            path: Path_ = ("checks", index)
+            if check.script is not None:
+                run = self.render((*path, "script"), file=check.script)
             else:
-                run = self.text((*path, "run"), raw["run"])
-            checks.append(Check(name=str(raw["name"]), run=run, sudo=bool(raw.get("sudo", False))))
+                run = self.text((*path, "run"), check.run or "")
+            checks.append(Check(name=check.name, run=run, sudo=bool(check.sudo)))
         return checks
 
     def cluster(self) -> dict[str, str]:
         scripts = {}
-        for name in CLUSTER_SCRIPTS:
-            value = (self.doc.data.get("cluster") or {}).get(name)
+        cluster = self.doc.model.cluster or model.Cluster()
+        for name in model.CLUSTER_SCRIPTS:
+            value = getattr(cluster, name)
             if value is None:
                 continue
-            path: tuple[str | int, ...] = ("cluster", name)
+            path: Path_ = ("cluster", name)
             if _looks_like_template_file(value):
                 scripts[name] = self.render(path, file=value.strip())
             else:
                 scripts[name] = self.text(path, value)
         return scripts
 
+    def network(self) -> dict[str, Any]:
+        """The cluster network parameters this file sets (the others keep their defaults)."""
+        network = (self.doc.model.cluster or model.Cluster()).network
+        return {} if network is None else network.model_dump(exclude_unset=True)
+
     def ca_certs(self) -> list[str]:
         certs = []
-        for index, value in enumerate(self.doc.data.get("ca_certs") or []):
-            path: tuple[str | int, ...] = ("ca_certs", index)
+        for index, value in enumerate(self.doc.model.ca_certs or []):
+            path: Path_ = ("ca_certs", index)
             if "-----BEGIN" in value:
                 certs.append(_check_pem(value, self.doc.where(path)))
             else:
@@ -264,7 +225,7 @@ def _looks_like_template_file(value: str) -> bool:
     return re.fullmatch(r"[\w./-]+\.(j2|sh)", text) is not None
 
 
-def _render_tree(level: _Level, path: tuple[str | int, ...], value: Any) -> Any:
+def _render_tree(level: _Level, path: Path_, value: Any) -> Any:
     """Render every string in a user_data given as a YAML mapping instead of a template."""
     if isinstance(value, dict):
         return {k: _render_tree(level, (*path, str(k)), v) for k, v in value.items()}

@@ -12,31 +12,21 @@ from ccloudvm.guest.proxy import ProxySettings
 from ccloudvm.state.paths import StateDir, resource_dir
 from ccloudvm.workloads.level import _Level, _parse_cloud_config, read_ca_cert
 from ccloudvm.workloads.merge import _tag_mounts, merge_config, merge_vm
-from ccloudvm.workloads.parse import _Doc, _validate
+from ccloudvm.workloads.parse import ParsedFile, parse_file
 from ccloudvm.workloads.sources import WorkloadSource, _find_parent, find_workload
 from ccloudvm.workloads.spec import Check, ProvisionStep, VMSpec, Workload
 from ccloudvm.workloads.templating import Downloads, TemplateContext, make_environment, render
 from ccloudvm.workloads.templating import variables as template_variables
 
 
-def _parents(doc: _Doc) -> list[tuple[tuple[str | int, ...], str]]:
-    """(where, ref) of each parent a file names, in the order it names them."""
-    value = doc.data.get("inherits")
-    if not value:
-        return []
-    if isinstance(value, str):
-        return [(("inherits",), value)]
-    return [(("inherits", index), str(ref)) for index, ref in enumerate(value)]
-
-
-def _chain(state: StateDir, ref: str) -> list[_Doc]:
+def _chain(state: StateDir, ref: str) -> list[ParsedFile]:
     """Every file of the inheritance graph in merge order; a cycle is an error naming it.
 
     Depth first, parents before their child, a file's parents in the order it lists them,
     each file once (where two parents share an ancestor, it comes before both). So later
     parents win over earlier ones, the child over all, and steps run in parent order.
     """
-    order: list[_Doc] = []
+    order: list[ParsedFile] = []
     merged: set[str] = set()
 
     def visit(src: WorkloadSource, stack: list[WorkloadSource]) -> None:
@@ -46,9 +36,8 @@ def _chain(state: StateDir, ref: str) -> list[_Doc]:
             raise UsageError(f"inheritance cycle: {cycle}", hint="remove one of the inherits")
         if src.origin in merged:
             return
-        doc = _Doc(src)
-        _validate(doc)
-        for where, parent in _parents(doc):
+        doc = parse_file(src)
+        for where, parent in doc.parents():
             try:
                 parent_src = _find_parent(state, src, parent)
             except NotFoundError as exc:
@@ -98,7 +87,7 @@ def load_workload(
     docs = _chain(state, ref)
     wvars: dict[str, Any] = {}
     for doc in docs:
-        wvars = merge_config(wvars, doc.data.get("vars") or {})
+        wvars = merge_config(wvars, doc.model.vars or {})
     cache_dir = state.cache / "downloads"
     vm = VMSpec()
     user_data: dict[str, Any] = {}
@@ -114,17 +103,17 @@ def load_workload(
     untrusted_from = remote[-1] if remote else None
     for doc in docs:
         level = _Level(doc, ctx, wvars, cache_dir, untrusted_from)
-        data = doc.data
-        image = data.get("image") or image
-        description = data.get("description") or description
-        if data.get("needs_nested_vm") is not None:
-            nested = bool(data["needs_nested_vm"])
+        fields = doc.model
+        image = fields.image or image
+        description = fields.description or description
+        if fields.needs_nested_vm is not None:
+            nested = fields.needs_nested_vm
         vm = merge_vm(vm, level.vm())
         user_data = merge_config(user_data, level.user_data())
         steps.extend(level.steps())
         checks.extend(level.checks())
         cluster.update(level.cluster())
-        network = merge_config(network, (data.get("cluster") or {}).get("network") or {})
+        network = merge_config(network, level.network())
         certs.extend(level.ca_certs())
     top = docs[-1]
     if not image:

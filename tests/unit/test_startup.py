@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-HEAVY = ("paramiko", "jinja2", "requests", "qemu.qmp", "pycdlib", "rich.progress")
+HEAVY = ("paramiko", "jinja2", "requests", "qemu.qmp", "pycdlib", "rich.progress", "pydantic")
 
 
 def _loaded_after(code: str, home: Path) -> set[str]:

@@ -227,7 +227,7 @@ provision:
 checks:
   - {name: base check, run: "true"}
 cluster:
-  network: {subnet: 198.51.100.0/24, bridge: br0}
+  network: {lease_time: 1h, bridge: br0}
   setup: echo base setup
   cleanup: echo base cleanup
 """,
@@ -276,7 +276,7 @@ cluster:
     assert (w.provision[1].script or "").strip() == "echo child 12"
     assert [c.name for c in w.checks] == ["base check", "child check"]
     assert w.cluster == {"setup": "echo child setup", "cleanup": "echo base cleanup"}
-    assert w.cluster_network == {"subnet": "198.51.100.0/24", "bridge": "br1"}
+    assert w.cluster_network == {"lease_time": "1h", "bridge": "br1"}
 
 
 def test_inherits_by_relative_path(state: StateDir, ctx: TemplateContext, tmp_path: Path) -> None:
