@@ -14,6 +14,7 @@ read such files: pydantic stays off the start-up path.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import types
 import typing
@@ -105,15 +106,16 @@ def location(origin: str, line: int | None, path: Path_) -> str:
 
 
 class ConfigError(UsageError):
-    """Every problem of one file: one line each, the hint inline when there are several."""
+    """Every problem of one file: one line each, the hints inline when there are several
+    (`hint` then goes only with a lone problem that has none of its own)."""
 
-    def __init__(self, origin: str, problems: Sequence[Problem], prefix: str = "") -> None:
+    def __init__(self, origin: str, problems: Sequence[Problem], hint: str | None = None) -> None:
         self.problems = list(problems)
         if len(self.problems) == 1:
             only = self.problems[0]
-            super().__init__(prefix + only.text(origin, hint=False), only.hint)
+            super().__init__(only.text(origin, hint=False), only.hint or hint)
         else:
-            super().__init__("\n".join(prefix + p.text(origin) for p in self.problems))
+            super().__init__("\n".join(p.text(origin) for p in self.problems))
 
 
 def dotted_path(path: Path_) -> str:
@@ -175,28 +177,37 @@ class YamlDoc:
         return location(self.origin, self.nearest_line(path), path)
 
 
-def check(model: type[M], data: Any, doc: YamlDoc | None = None, *, noun: str = "field") -> M:
-    """`data` as `model`; else a ConfigError listing every problem (with `doc`'s lines)."""
+def check(
+    model: type[M],
+    data: Any,
+    doc: YamlDoc | None = None,
+    *,
+    noun: str = "field",
+    hint: str | None = None,
+) -> M:
+    """`data` as `model`; else a ConfigError listing every problem (with `doc`'s lines),
+    `hint` for the problems that have none of their own."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         problems = explain(exc, model, doc, noun=noun)
-    raise ConfigError(doc.origin if doc is not None else "", problems)
+    raise ConfigError(doc.origin if doc is not None else "", problems, hint)
 
 
 def explain(
-    exc: ValidationError, model: type[BaseModel], doc: YamlDoc | None = None, *, noun: str = "field"
+    exc: ValidationError, model: type, doc: YamlDoc | None = None, *, noun: str = "field"
 ) -> list[Problem]:
-    """One Problem per error in `exc`, in file order."""
+    """One Problem per error in `exc` (from validating `model`: a pydantic model or a
+    dataclass), in file order."""
     found = []
     for error in exc.errors():
         loc = tuple(part for part in error["loc"] if part != "[key]")
         ctx = error.get("ctx") or {}
         kind = error["type"]
         hint = None
-        if kind == "missing":
+        if kind in ("missing", "missing_keyword_argument"):
             loc, message = loc[:-1], f"{noun} {loc[-1]!r} is missing"
-        elif kind == "extra_forbidden":
+        elif kind in ("extra_forbidden", "unexpected_keyword_argument"):
             message, hint = f"unknown {noun} {loc[-1]!r}", _suggest(str(loc[-1]), model, loc[:-1])
         elif kind == "ccloudvm":
             loc = (*loc, *ctx.get("at", ()))
@@ -218,7 +229,7 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _suggest(key: str, model: type[BaseModel], path: Path_) -> str | None:
+def _suggest(key: str, model: type, path: Path_) -> str | None:
     names = _field_names(model, path)
     if not names:
         return None
@@ -226,17 +237,23 @@ def _suggest(key: str, model: type[BaseModel], path: Path_) -> str | None:
     return f"did you mean {close[0]!r}?" if close else "known: " + ", ".join(names)
 
 
-def _field_names(model: type[BaseModel], path: Path_) -> list[str]:
+def _field_names(model: type, path: Path_) -> list[str]:
     """The field names (as written in files) of the model found at `path` below `model`."""
     current: Any = model
     for part in path:
         current = _step(current, part)
         if current is None:
             return []
-    current = _unwrap(current)
-    if not (isinstance(current, type) and issubclass(current, BaseModel)):
-        return []
-    return [info.alias or name for name, info in current.model_fields.items()]
+    return list(_fields(_unwrap(current)))
+
+
+def _fields(model: Any) -> dict[str, Any]:
+    """Name as written in files -> annotation, of a pydantic model or a dataclass."""
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return {info.alias or name: info.annotation for name, info in model.model_fields.items()}
+    if isinstance(model, type) and dataclasses.is_dataclass(model):
+        return typing.get_type_hints(model, include_extras=True)
+    return {}
 
 
 def _unwrap(annotation: Any) -> Any:
@@ -256,11 +273,9 @@ def _unwrap(annotation: Any) -> Any:
 
 def _step(annotation: Any, part: str | int) -> Any:
     annotation = _unwrap(annotation)
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        for name, info in annotation.model_fields.items():
-            if part in (name, info.alias):
-                return info.annotation
-        return None
+    fields = _fields(annotation)
+    if fields:
+        return fields.get(str(part))
     args = typing.get_args(annotation)
     if typing.get_origin(annotation) in (list, tuple) and isinstance(part, int) and args:
         return args[0]

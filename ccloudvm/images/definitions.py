@@ -14,11 +14,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-import yaml
-
+from ccloudvm.core.config import YamlDoc, check
 from ccloudvm.core.errors import CcloudvmError, NotFoundError, UsageError
+from ccloudvm.images.model import Boot, ImageFile
 from ccloudvm.images.recipe import RECIPE_FORMAT, BuildRecipe
 from ccloudvm.state import paths
 from ccloudvm.state.paths import StateDir
@@ -30,7 +29,7 @@ INITRD = "initrd.img"
 ROLE_FILES = {"disk": DISK, "kernel": KERNEL, "initrd": INITRD}
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+FIX = "fix the file and retry"
 
 
 @dataclass(frozen=True)
@@ -123,87 +122,37 @@ def _definition_dirs(state: StateDir) -> Iterator[tuple[str, Path]]:
 
 
 def _parse_definition(name: str, origin: str, path: Path) -> ImageDefinition:
-    where = str(path)
+    """Read and check one definition; a ConfigError lists every problem, one line each."""
+    label = f"image definition {path}"
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise _bad(where, f"cannot be read: {str(exc).splitlines()[0]}") from exc
-    if not isinstance(data, dict):
-        raise _bad(where, "is not a mapping")
-    _only_keys(data, {"description", "source", "build", "boot"}, where)
-    if ("source" in data) == ("build" in data):
-        raise _bad(where, "needs exactly one of 'source' (download) or 'build' (local recipe)")
-    boot = data.get("boot") or {}
-    if not isinstance(boot, dict):
-        raise _bad(where, "'boot' is not a mapping")
-    _only_keys(boot, {"cmdline", "warm"}, f"{where}: boot")
-    warm = boot.get("warm", False)
-    if not isinstance(warm, bool):
-        raise _bad(where, "'boot.warm' is not true or false")
-    cmdline = boot.get("cmdline")
-    if cmdline is not None and not isinstance(cmdline, str):
-        raise _bad(where, "'boot.cmdline' is not a string")
-    source = _parse_source(data["source"], where) if "source" in data else None
-    build = _parse_recipe(data["build"], where) if "build" in data else None
-    if source is not None and cmdline and "kernel" not in source.urls:
-        raise _bad(where, "'boot.cmdline' needs 'source.kernel' (direct kernel boot)")
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{label} cannot be read: {exc}", hint=FIX) from exc
+    try:
+        doc = YamlDoc(text, label)
+    except UsageError as exc:
+        raise UsageError(exc.message, hint=FIX) from exc
+    if not isinstance(doc.data, dict):
+        raise UsageError(f"{label} is not a mapping", hint=FIX)
+    spec = check(ImageFile, doc.data, doc, noun="key", hint=FIX)
+    boot = spec.boot or Boot()
+    source = None
+    if spec.source is not None:
+        source = DownloadSource(
+            urls=spec.source.urls,
+            sha256sums=spec.source.sha256sums,
+            sha256={str(role): digest for role, digest in (spec.source.sha256 or {}).items()},
+        )
     return ImageDefinition(
         name=name,
-        description=str(data.get("description") or ""),
+        description=spec.description or "",
         origin=origin,
         path=path,
         source=source,
-        build=build,
-        cmdline=cmdline,
-        warm_boot=warm,
+        build=spec.build,
+        cmdline=boot.cmdline,
+        warm_boot=boot.warm,
     )
-
-
-def _parse_source(data: object, where: str) -> DownloadSource:
-    if not isinstance(data, dict):
-        raise _bad(where, "'source' is not a mapping")
-    _only_keys(data, {*ROLE_FILES, "sha256sums", "sha256"}, f"{where}: source")
-    urls = {role: data[role] for role in ROLE_FILES if role in data}
-    if "disk" not in urls:
-        raise _bad(where, "'source.disk' (the disk image URL) is missing")
-    if ("kernel" in urls) != ("initrd" in urls):
-        raise _bad(where, "'source.kernel' and 'source.initrd' go together")
-    for role, url in urls.items():
-        if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
-            raise _bad(where, f"'source.{role}' is not an http(s) URL")
-    digests = data.get("sha256") or {}
-    if not isinstance(digests, dict) or not all(
-        k in urls and isinstance(v, str) and _HEX64.match(v) for k, v in digests.items()
-    ):
-        raise _bad(where, "'source.sha256' must map disk/kernel/initrd to 64 hex digits")
-    sums = data.get("sha256sums")
-    if sums is not None and (not isinstance(sums, str) or not sums.startswith("http")):
-        raise _bad(where, "'source.sha256sums' is not an http(s) URL")
-    if sums is None and set(digests) != set(urls):
-        raise _bad(where, "every file needs a checksum: add 'sha256sums' or 'sha256'")
-    return DownloadSource(urls=urls, sha256sums=sums, sha256=digests)
-
-
-def _parse_recipe(data: object, where: str) -> BuildRecipe:
-    if not isinstance(data, dict):
-        raise _bad(where, "'build' is not a mapping")
-    try:
-        return BuildRecipe.from_mapping(data)
-    except ValueError as exc:
-        raise _bad(where, f"build: {exc}") from exc
-
-
-def _only_keys(data: Mapping[str, object], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise UsageError(
-            f"{where}: unknown key(s) {', '.join(unknown)}",
-            hint=f"allowed: {', '.join(sorted(allowed))}",
-        )
-
-
-def _bad(where: str, problem: str) -> UsageError:
-    return UsageError(f"image definition {where} {problem}", hint="fix the file and retry")
 
 
 def _hash_json(content: object) -> str:

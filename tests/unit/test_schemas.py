@@ -1,6 +1,7 @@
-"""The workload file's JSON Schema: derived from the model, committed, current, and the
-bundled workloads pass a third-party validator (check-jsonschema) against it; a bad file
-gets every problem at once, one line each with its file, line and field path."""
+"""The JSON Schemas of workload files and image definitions: derived from the models,
+committed, current, and the bundled files pass a third-party validator (check-jsonschema)
+against them; a bad file gets every problem at once, one line each with its file, line
+and field path."""
 
 from __future__ import annotations
 
@@ -12,21 +13,24 @@ from pathlib import Path
 import pytest
 
 from ccloudvm.core.config import ConfigError
+from ccloudvm.images import catalog as images
+from ccloudvm.images import model as image_model
 from ccloudvm.state.paths import StateDir
 from ccloudvm.workloads.definition import load_workload
 from ccloudvm.workloads.templating import TemplateContext
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "docs" / "workload.schema.json"
+IMAGE_SCHEMA = ROOT / "docs" / "image.schema.json"
 WORKLOADS = sorted(
     [*(ROOT / "templates").glob("*.yaml"), *(ROOT / "tests/workloads").glob("*.yaml")]
 )
 
 
-def _check_jsonschema(*files: Path) -> subprocess.CompletedProcess[str]:
+def _check_jsonschema(*files: Path, schema: Path = SCHEMA) -> subprocess.CompletedProcess[str]:
     tool = Path(sys.executable).parent / "check-jsonschema"
     return subprocess.run(  # noqa: S603 - fixed argv
-        [str(tool), "--schemafile", str(SCHEMA), *map(str, files)],
+        [str(tool), "--schemafile", str(schema), *map(str, files)],
         capture_output=True, text=True, check=False, timeout=120,
     )  # fmt: skip
 
@@ -111,3 +115,37 @@ def test_one_problem_keeps_its_hint_apart(
         load_workload(state, str(bad), ctx)
     assert info.value.message == f"{bad} line 3: cluster.network.bridg: unknown field 'bridg'"
     assert info.value.hint == "did you mean 'bridge'?"
+
+
+def test_committed_image_schema_is_current() -> None:
+    assert image_model.json_schema() == IMAGE_SCHEMA.read_text(), (
+        "docs/image.schema.json is stale: regenerate it from ccloudvm.images.model.json_schema()"
+    )
+
+
+def test_bundled_image_definitions_pass_check_jsonschema() -> None:
+    definitions = sorted((ROOT / "images").glob("*.yaml"))
+    assert len(definitions) >= 2
+    result = _check_jsonschema(*definitions, schema=IMAGE_SCHEMA)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_problem_of_an_image_definition_at_once(tmp_path: Path) -> None:
+    state = StateDir(tmp_path / "state")
+    state.user_images.mkdir(parents=True)
+    bad = state.user_images / "bad.yaml"
+    bad.write_text(
+        "source:\n  disk: ftp://x/y.img\n  sha256: {disk: nothex}\n"
+        "build:\n  suite: bookworm\n  packages: [bash]\n  colour: red\nboot: {warm: maybe}\n"
+    )
+    assert _check_jsonschema(bad, schema=IMAGE_SCHEMA).returncode != 0
+    with pytest.raises(ConfigError) as info:
+        images.load_definition(state, "bad")
+    where = f"image definition {bad}"
+    assert str(info.value).splitlines() == [
+        f"{where} line 2: source.disk: 'ftp://x/y.img' is not an http(s) URL",
+        f"{where} line 3: source.sha256.disk must be 64 hex digits (a sha256)",
+        f"{where} line 7: build.colour: unknown key 'colour' (known: suite, packages, "
+        "mirror, initrd_modules, size_gib, files, services, masked)",
+        f"{where} line 8: boot.warm must be true or false, not 'maybe'",
+    ]
