@@ -30,7 +30,8 @@ from ccloudvm.remote.target import Target
 
 ACTIONS = ("setup", "verify", "bat", "cleanup", "env")
 CHECK_ACTIONS = ("verify", "bat")
-DEFAULT_TIMEOUT = 1800.0  # the ciao setup builds and boots things; the test cluster takes seconds
+DEFAULT_TIMEOUT = 1800.0
+LABEL = "cluster network"  # what its problems are about, in messages  # the ciao setup builds and boots things; the test cluster takes seconds
 
 # Where the cluster keeps its journal and files inside a VM (scripts run as root there).
 GUEST_STATE_DIR = "/var/lib/ccloudvm/clusters/{name}"
@@ -47,21 +48,7 @@ CHECK_ONLY_MARKER = "# ccloudvm: honours CCLOUDVM_CLUSTER_CHECK_ONLY"
 # a variable of that name in a user's environment has no effect.
 TEST_PAUSE_AFTER_CHANGES: int | None = None
 
-NETWORK_DEFAULTS: dict[str, Any] = {
-    "bridge": "ciao_br",
-    "macvlan": "ciaovlan",
-    "gateway": "198.51.100.1",
-    "prefix": 24,
-    "dhcp_start": "198.51.100.50",
-    "dhcp_end": "198.51.100.100",
-    "lease_time": "12h",
-    "dns": True,
-    "external_interface": "",
-}
-
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,39}")
-_LINK_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
-_LEASE_RE = re.compile(r"\d+[smhd]?|infinite")
 
 
 def check_cluster_name(name: str) -> str:
@@ -89,61 +76,47 @@ class ClusterNetwork:
     external_interface: str
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any] | None = None) -> ClusterNetwork:  # noqa: C901
-        """Defaults overridden by a workload's `cluster: network:`; bad values are UsageErrors."""
-        given = dict(values or {})
-        for key in given:
-            if key not in NETWORK_DEFAULTS:
-                import difflib  # only for a misspelt key: kept off start-up
+    def from_mapping(cls, values: Mapping[str, Any] | None = None) -> ClusterNetwork:
+        """Defaults overridden by a workload's `cluster: network:` (its model,
+        ccloudvm.workloads.model.Network, checks each value); every problem at once, as
+        a UsageError."""
+        from ccloudvm.core.config import ConfigError, Problem, check  # pydantic: off start-up
+        from ccloudvm.workloads.model import Network
 
-                close = difflib.get_close_matches(key, list(NETWORK_DEFAULTS), n=1)
-                hint = f"did you mean {close[0]!r}?" if close else None
-                raise UsageError(f"unknown cluster network parameter {key!r}", hint=hint)
-        merged = {**NETWORK_DEFAULTS, **given}
-        for key in ("bridge", "macvlan"):
-            if not _LINK_RE.fullmatch(str(merged[key])):
-                raise UsageError(
-                    f"cluster network {key} {merged[key]!r} is not a valid link name",
-                    hint="use up to 15 letters, digits, '.', '_' or '-'",
-                )
-        if merged["bridge"] == merged["macvlan"]:
-            raise UsageError("cluster network bridge and macvlan must have different names")
-        external = str(merged["external_interface"])
-        if external and not _LINK_RE.fullmatch(external):
-            raise UsageError(f"cluster network external_interface {external!r} is not a link name")
-        try:
-            gateway = ipaddress.IPv4Address(str(merged["gateway"]))
-            prefix = int(merged["prefix"])
-            net = ipaddress.IPv4Network(f"{gateway}/{prefix}", strict=False)
-            start = ipaddress.IPv4Address(str(merged["dhcp_start"]))
-            end = ipaddress.IPv4Address(str(merged["dhcp_end"]))
-        except ValueError as exc:
-            raise UsageError(f"bad cluster network address: {exc}") from exc
-        if not 8 <= prefix <= 30:
-            raise UsageError(f"cluster network prefix /{prefix} must be between /8 and /30")
+        given = check(Network, dict(values or {}), origin=LABEL, noun="cluster network parameter")
+        gateway = ipaddress.IPv4Address(given.gateway)
+        net = cls(
+            bridge=given.bridge,
+            macvlan=given.macvlan,
+            gateway=gateway,
+            network=ipaddress.IPv4Network(f"{gateway}/{given.prefix}", strict=False),
+            dhcp_start=ipaddress.IPv4Address(given.dhcp_start),
+            dhcp_end=ipaddress.IPv4Address(given.dhcp_end),
+            lease_time=given.lease_time,
+            dns=given.dns,
+            external_interface=given.external_interface,
+        )
+        problems = net._problems()
+        if problems:
+            raise ConfigError(LABEL, [Problem((), None, text) for text in problems])
+        return net
+
+    def _problems(self) -> list[str]:
+        """What is wrong between the parameters (each is fine on its own)."""
+        net, gateway, start, end = self.network, self.gateway, self.dhcp_start, self.dhcp_end
+        found = []
+        if self.bridge == self.macvlan:
+            found.append("bridge and macvlan must have different names")
         hosts = (net.network_address, net.broadcast_address)
         if gateway in hosts:
-            raise UsageError(f"cluster gateway {gateway} is not a host address of {net}")
+            found.append(f"gateway {gateway} is not a host address of {net}")
         if start not in net or end not in net or start > end or start in hosts or end in hosts:
-            raise UsageError(
+            found.append(
                 f"DHCP range {start}-{end} must be an ascending range of host addresses in {net}"
             )
-        if start <= gateway <= end:
-            raise UsageError(f"cluster gateway {gateway} must lie outside the DHCP range")
-        lease = str(merged["lease_time"])
-        if not _LEASE_RE.fullmatch(lease):
-            raise UsageError(f"lease_time {lease!r} is not like 12h, 30m, 3600 or infinite")
-        return cls(
-            bridge=str(merged["bridge"]),
-            macvlan=str(merged["macvlan"]),
-            gateway=gateway,
-            network=net,
-            dhcp_start=start,
-            dhcp_end=end,
-            lease_time=lease,
-            dns=bool(merged["dns"]),
-            external_interface=external,
-        )
+        elif start <= gateway <= end:
+            found.append(f"gateway {gateway} must lie outside the DHCP range")
+        return found
 
     def as_env(self) -> dict[str, str]:
         """The environment the cluster scripts read their parameters from."""

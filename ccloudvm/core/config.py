@@ -182,16 +182,19 @@ def check(
     data: Any,
     doc: YamlDoc | None = None,
     *,
+    origin: str | None = None,
     noun: str = "field",
     hint: str | None = None,
 ) -> M:
     """`data` as `model`; else a ConfigError listing every problem (with `doc`'s lines),
-    `hint` for the problems that have none of their own."""
+    about `origin` (default: the file's), `hint` for a problem that has none of its own."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         problems = explain(exc, model, doc, noun=noun)
-    raise ConfigError(doc.origin if doc is not None else "", problems, hint)
+    if origin is None:
+        origin = doc.origin if doc is not None else ""
+    raise ConfigError(origin, problems, hint)
 
 
 def explain(

@@ -100,7 +100,7 @@ def _prefix(value: int) -> int:
 
 def _lease(value: str) -> str:
     if not LEASE_RE.fullmatch(value):
-        raise problem(f"lease_time {value!r} is not like 12h, 30m, 3600 or infinite")
+        raise problem(f"{value!r} is not like 12h, 30m, 3600 or infinite")
     return value
 
 
