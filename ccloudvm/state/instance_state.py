@@ -14,13 +14,14 @@ import os
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ccloudvm.core import pids as process
 from ccloudvm.core.errors import CcloudvmError, NotFoundError, StateError, UsageError
 from ccloudvm.core.specs import MountSpec, PortSpec
+from ccloudvm.state import records
 from ccloudvm.state.paths import StateDir, file_lock, refuse_link
 
 NAME_PATTERN = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
@@ -223,12 +224,10 @@ def load_state(state: StateDir, name: str) -> InstanceState:
         ) from None
     except ValueError as exc:
         raise _damaged(files, name, f"not JSON: {exc}") from exc
-    problem = _record_problem(raw, InstanceState)
-    if problem is None:
-        problem = _record_problem(raw["image"], ImageRef, "image.")
-    if problem is not None:
-        raise _damaged(files, name, problem)
-    inst = InstanceState(**{**raw, "image": ImageRef(**raw["image"])})
+    problems = records.problems(raw, InstanceState)
+    if problems:
+        raise _damaged(files, name, "; ".join(problems))
+    inst = records.from_record(raw, InstanceState)
     try:
         inst.port_specs()
     except CcloudvmError as exc:
@@ -245,46 +244,6 @@ def _damaged(files: InstanceFiles, name: str, problem: str) -> StateError:
         f"the state file {files.state} is damaged ({problem})",
         hint=f"'ccloudvm delete {name}' removes the instance",
     )
-
-
-# The JSON types each field's annotation allows (annotations are strings here), and
-# for lists the type of their items.
-_JSON_TYPES: dict[str, tuple[type, ...]] = {
-    "str": (str,),
-    "int": (int,),
-    "float": (int, float),
-    "bool": (bool,),
-    "str | None": (str, type(None)),
-    "ImageRef": (dict,),
-    "list[str]": (list,),
-    "list[dict[str, Any]]": (list,),
-}
-_ITEM_TYPES: dict[str, type] = {"list[str]": str, "list[dict[str, Any]]": dict}
-
-
-def _record_problem(raw: object, cls: type, prefix: str = "") -> str | None:
-    """What is wrong with `raw` as the saved form of dataclass `cls`, or None."""
-    if not isinstance(raw, dict):
-        return f"{prefix.rstrip('.') or 'the file'} is not a JSON object"
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
-        return f"unknown field {prefix}{unknown[0]}"
-    for name, spec in known.items():
-        if name not in raw:
-            if spec.default is MISSING and spec.default_factory is MISSING:
-                return f"no field {prefix}{name}"
-            continue
-        allowed = _JSON_TYPES.get(str(spec.type))
-        item = _ITEM_TYPES.get(str(spec.type), object)
-        value = raw[name]
-        if allowed is not None and (
-            not isinstance(value, allowed)
-            or (isinstance(value, bool) and bool not in allowed)
-            or (isinstance(value, list) and not all(isinstance(v, item) for v in value))
-        ):
-            return f"field {prefix}{name} is {json.dumps(value)[:40]}, not {spec.type}"
-    return None
 
 
 def instance_names(state: StateDir) -> list[str]:

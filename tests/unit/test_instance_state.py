@@ -245,3 +245,23 @@ def test_lock_times_out_with_a_clear_message(tmp_path: Path) -> None:
         thread.start()
         thread.join(5)
     assert errors and "another ccloudvm command" in str(errors[0])
+
+
+def test_every_problem_of_a_state_file_at_once(tmp_path: Path) -> None:
+    state = StateDir(tmp_path / "home")
+    files = InstanceFiles(state.instance_dir("dev"))
+    files.dir.mkdir(parents=True)
+    record = {**_record(tmp_path), "mem_mib": "2048", "nested": 1, "colour": "red"}
+    record["image"] = {**record["image"], "key": 7}
+    files.state.write_text(json.dumps(record))
+    with pytest.raises(StateError) as info:
+        load_state(state, "dev")
+    message = str(info.value)
+    assert "\n" not in message
+    for problem in (
+        "unknown field colour",
+        "field image.key is 7, not str",
+        'field mem_mib is "2048", not int',
+        "field nested is 1, not bool",
+    ):
+        assert problem in message
