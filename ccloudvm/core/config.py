@@ -204,11 +204,16 @@ def explain(
     dataclass), in file order."""
     found = []
     for error in exc.errors():
-        loc = tuple(part for part in error["loc"] if part != "[key]")
-        ctx = error.get("ctx") or {}
-        kind = error["type"]
-        hint = None
-        if kind in ("missing", "missing_keyword_argument"):
+        loc, ctx, kind, hint = tuple(error["loc"]), error.get("ctx") or {}, error["type"], None
+        if "[key]" in loc:  # a mapping's key, not its value: files name keys as text
+            at = loc.index("[key]")
+            loc = (*loc[: at - 1], str(loc[at - 1]), *loc[at + 1 :])
+        if kind == "invalid_key":  # a model's key that YAML read as a number or date
+            loc = (*loc[:-1], str(loc[-1]))
+            message = f"the key {loc[-1]} must be a string"
+        elif kind == "string_type" and "[key]" in error["loc"]:
+            message = f"the key {_short(error['input'])} must be a string"
+        elif kind in ("missing", "missing_keyword_argument"):
             loc, message = loc[:-1], f"{noun} {loc[-1]!r} is missing"
         elif kind in ("extra_forbidden", "unexpected_keyword_argument"):
             message, hint = f"unknown {noun} {loc[-1]!r}", _suggest(str(loc[-1]), model, loc[:-1])

@@ -149,3 +149,26 @@ def test_every_problem_of_an_image_definition_at_once(tmp_path: Path) -> None:
         "mirror, initrd_modules, size_gib, files, services, masked)",
         f"{where} line 8: boot.warm must be true or false, not 'maybe'",
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("1: x\nimage: x\n", "line 1: 1: the key 1 must be a string"),
+        ("image: x\nvars: {1: a}\n", "line 2: vars.1: the key 1 must be a string"),
+        ("image: 2024-01-01\n", "line 1: image must be a string, not datetime.date(2024, 1, 1)"),
+        (
+            "image: x\nuser_data: [a]\n",
+            "line 2: user_data must be a string or a mapping, not ['a']",
+        ),
+        ("image: x\nvm: {disk: 0}\n", "line 2: vm.disk must be positive"),
+    ],
+)
+def test_keys_and_values_yaml_reads_as_other_types(
+    text: str, line: str, tmp_path: Path, state: StateDir, ctx: TemplateContext
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_workload(state, str(bad), ctx)
+    assert info.value.message == f"{bad} {line}"
