@@ -11,12 +11,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ccloudvm.core.config import ConfigError
 from ccloudvm.images import catalog as images
 from ccloudvm.images import model as image_model
 from ccloudvm.state.paths import StateDir
 from ccloudvm.workloads.definition import load_workload
+from ccloudvm.workloads.model import WorkloadFile
 from ccloudvm.workloads.templating import TemplateContext
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -172,3 +174,9 @@ def test_keys_and_values_yaml_reads_as_other_types(
     with pytest.raises(ConfigError) as info:
         load_workload(state, str(bad), ctx)
     assert info.value.message == f"{bad} {line}"
+
+
+def test_the_example_in_the_docs_is_a_valid_workload_file() -> None:
+    text = (ROOT / "docs" / "workloads.md").read_text()
+    example = text[text.index("## The file") :].split("```yaml\n", 1)[1].split("```", 1)[0]
+    WorkloadFile.model_validate(yaml.safe_load(example))
