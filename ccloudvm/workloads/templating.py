@@ -10,19 +10,15 @@ UsageError that names the template and, where known, the line.
 
 from __future__ import annotations
 
-import hashlib
-import ipaddress
 import re
 import shlex
 import signal
-import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path, PurePath, PurePosixPath
+from pathlib import Path, PurePath
 from typing import Any
-from urllib.parse import urlsplit
 
 import jinja2
 import jinja2.exceptions
@@ -33,9 +29,12 @@ from ccloudvm.core.hostinfo import HostUser
 from ccloudvm.core.specs import MountSpec
 from ccloudvm.guest.proxy import ProxySettings
 
-# The shell variable naming the per-run work folder on the target; provision.run_steps
-# sets it at the top of every step script and uploads downloaded files into it.
-WORKDIR_VAR = "CCLOUDVM_WORKDIR"
+# download()'s names, as this module has always offered them.
+from ccloudvm.workloads.downloads import WORKDIR_VAR as WORKDIR_VAR
+from ccloudvm.workloads.downloads import Download as Download
+from ccloudvm.workloads.downloads import Downloads as Downloads
+from ccloudvm.workloads.downloads import refuse_private_url as refuse_private_url
+from ccloudvm.workloads.downloads import shell_path as shell_path
 
 
 @dataclass(frozen=True)
@@ -74,93 +73,6 @@ def guest_gopath(host: HostUser) -> str:
     if host.is_root:
         return f"{host.guest_home}/go"
     return str(host.gopath)
-
-
-@dataclass(frozen=True)
-class Download:
-    """A file the host fetches (through its own proxy) and uploads before a step runs."""
-
-    url: str
-    cache_path: Path  # where the host keeps it, under <state>/cache/downloads
-    staging_name: str  # its name inside the step's work folder on the target
-    dest: str  # where the step installs it (may start with ~/)
-    restricted: bool = False  # asked for by a workload from a URL: public addresses only
-
-
-def refuse_private_url(url: str, where: str) -> None:
-    """Refuse a URL whose host is (or resolves to) this host or a private network.
-
-    Used for download() in workloads from a URL, so a workload from the internet cannot
-    make the host fetch from its own loopback services or the local network and hand the
-    result to the guest. A name that does not resolve here is let through: behind a proxy
-    the host may not resolve outside names at all, and the fetch is checked again.
-    """
-    host = urlsplit(str(url)).hostname or ""
-    addresses: list[str] = []
-    try:
-        addresses = [str(ipaddress.ip_address(host))]
-    except ValueError:
-        if host.lower() == "localhost" or host.lower().endswith((".localhost", ".local")):
-            addresses = ["127.0.0.1"]
-        else:
-            try:
-                addresses = [str(info[4][0]) for info in socket.getaddrinfo(host, None)]
-            except (OSError, UnicodeError):
-                addresses = []
-    for text in addresses:
-        address = ipaddress.ip_address(text.split("%", 1)[0])
-        if not address.is_global or address.is_multicast:
-            raise UsageError(
-                f"download({url!r}) in {where}: a workload from a URL may not fetch from "
-                f"{text}, a loopback, link-local or private address",
-                hint="download the workload and run it as a local file if you trust it",
-            )
-
-
-class Downloads:
-    """Collects download() calls while one provision step renders."""
-
-    def __init__(self, cache_dir: Path | None, where: str, *, restricted: bool = False) -> None:
-        self.cache_dir = cache_dir
-        self.where = where
-        self.restricted = restricted
-        self.items: list[Download] = []
-
-    def __call__(self, url: str, dest: str, mode: str = "0644") -> str:
-        if self.cache_dir is None:
-            raise UsageError(
-                f"download() can only be used in provision steps, not in {self.where}",
-                hint="move the download into a provision step",
-            )
-        parts = urlsplit(str(url))
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UsageError(f"download({url!r}) in {self.where}: only http(s) URLs can be fetched")
-        if not re.fullmatch(r"0?[0-7]{3}", str(mode)):
-            raise UsageError(f"download() in {self.where}: mode {mode!r} is not octal like 0644")
-        if self.restricted:
-            refuse_private_url(str(url), self.where)
-        base = PurePosixPath(parts.path).name or "download"
-        base = re.sub(r"[^A-Za-z0-9._-]", "_", base)
-        digest = hashlib.sha256(str(url).encode()).hexdigest()[:16]
-        item = Download(
-            url=str(url),
-            cache_path=self.cache_dir / f"{digest}-{base}",
-            staging_name=f"dl-{digest}-{base}",
-            dest=str(dest),
-            restricted=self.restricted,
-        )
-        self.items.append(item)
-        staged = f'"${WORKDIR_VAR}"/{item.staging_name}'
-        return f"install -D -m {mode} {staged} {shell_path(item.dest)}"
-
-
-def shell_path(path: str) -> str:
-    """Quote a path for the shell, letting a leading ~/ mean the running user's home."""
-    if path == "~":
-        return '"$HOME"'
-    if path.startswith("~/"):
-        return '"$HOME"/' + shlex.quote(path[2:])
-    return shlex.quote(path)
 
 
 def _shquote(value: object) -> str:
