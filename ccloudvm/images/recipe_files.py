@@ -1,4 +1,4 @@
-"""The files a build recipe writes into the image: text, or the source of a module.
+"""The source of a module that a build recipe writes into the image as a file.
 
 Code that runs in the guest (ccloudvm.images.cloud_init_all) lives in a module of this
 package, where lint and the tests cover it, and the recipe names it:
@@ -17,22 +17,6 @@ import re
 from pathlib import Path
 
 _MODULE_NAME = re.compile(r"^ccloudvm(\.[a-z_][a-z0-9_]*)+$")
-_SHAPE = "'files' must map absolute paths to text or to {module: ccloudvm.NAME}"
-
-
-def file_texts(files: object) -> dict[str, str]:
-    """`files` of a recipe as guest path -> text; ValueError names what is wrong."""
-    if not isinstance(files, dict) or not all(isinstance(k, str) for k in files):
-        raise ValueError(_SHAPE)
-    return {path: _text(path, value) for path, value in files.items()}
-
-
-def _text(path: str, value: object) -> str:
-    if isinstance(value, str):
-        return value
-    if not isinstance(value, dict) or set(value) != {"module"}:
-        raise ValueError(_SHAPE)
-    return module_source(value["module"], path)
 
 
 def module_source(name: object, path: str = "") -> str:

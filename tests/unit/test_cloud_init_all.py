@@ -15,7 +15,7 @@ import pytest
 from ccloudvm.guest.keys import generate_ed25519
 from ccloudvm.guest.seed import SeedConfig, write_seed_iso
 from ccloudvm.images import catalog as images
-from ccloudvm.images import cloud_init_all, recipe_files
+from ccloudvm.images import cloud_init_all
 from ccloudvm.images.build import BuildRecipe
 from ccloudvm.state.paths import StateDir
 from ccloudvm.vm import ready, warmboot
@@ -61,13 +61,15 @@ def test_a_changed_module_changes_the_recipe_and_its_key(tmp_path: Path) -> None
         ({"module": "ccloudvm.images.no_such_module"}, "no module ccloudvm.images.no_such_module"),
         ({"module": "ccloudvm.nothing.here"}, "no module ccloudvm.nothing.here"),
         ({"module": "ccloudvm.images"}, "no module ccloudvm.images"),  # a package: no one file
-        ({"module": "ccloudvm.images.x", "mode": 755}, "to text or to {module"),
-        (7, "to text or to {module"),
+        ({"module": "ccloudvm.images.x", "mode": 755}, "must be text or {module"),
+        (7, "must be text or {module"),
     ],
 )
 def test_a_bad_file_entry_is_named(value: object, complaint: str) -> None:
     with pytest.raises(ValueError, match=complaint.replace(".", r"\.").replace("{", r"\{")):
-        recipe_files.file_texts({SCRIPT: value})
+        BuildRecipe.from_mapping(
+            {"suite": "bookworm", "packages": ["cloud-init"], "files": {SCRIPT: value}}
+        )
 
 
 def _seed(path: Path) -> Path:
