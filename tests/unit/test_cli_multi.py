@@ -59,7 +59,7 @@ def test_failures_of_different_kinds_exit_1() -> None:
 def test_each_names_the_instance_when_its_error_does_not(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from ccloudvm.cli import main as cli
+    from ccloudvm.cli import targets
     from ccloudvm.core.errors import CcloudvmError, StateError
 
     done = []
@@ -74,7 +74,7 @@ def test_each_names_the_instance_when_its_error_does_not(
         done.append(name)
 
     with pytest.raises(SystemExit) as exited:
-        cli._each(["a", "b", "c", "d", "e"], action)
+        targets.each(["a", "b", "c", "d", "e"], action)
     assert exited.value.code == 1 and done == ["a", "e"]
     assert capsys.readouterr().err.splitlines() == [
         "error: b: the lock is held (wait)",

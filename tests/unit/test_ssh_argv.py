@@ -106,6 +106,7 @@ def test_ssh_config_stanza_is_what_ssh_reads(state: StateDir, tmp_path: Path) ->
 
 def _exec_of(monkeypatch: pytest.MonkeyPatch, state: StateDir, *args: str) -> list[str]:
     """The argv `ccloudvm ARGS` would become (os.execv stood in for)."""
+    from ccloudvm.cli import access
     from ccloudvm.cli import main as cli
 
     became: list[list[str]] = []
@@ -115,7 +116,7 @@ def _exec_of(monkeypatch: pytest.MonkeyPatch, state: StateDir, *args: str) -> li
         raise SystemExit(0)
 
     monkeypatch.setenv("CCLOUDVM_HOME", str(state.root))
-    monkeypatch.setattr(cli.os, "execv", execv)
+    monkeypatch.setattr(access.os, "execv", execv)
     with pytest.raises(SystemExit):
         cli.main(list(args))
     return became[0]
