@@ -78,8 +78,10 @@ lint: venv
 	$(VENV)/bin/ruff format --check ccloudvm tests bench
 	$(VENV)/bin/mypy
 
-# Figures, never assertions: the new user's path (issue 10), then the boot benchmark.
+# Figures, never assertions: start-up (issue 9), the new user's path (issue 10), then the
+# boot benchmark.
 bench: setup
+	$(PY) bench/startup.py
 	$(PY) bench/user_path.py
 	$(PY) bench/snapshots.py
 	$(PY) bench/boot.py
