@@ -10,6 +10,7 @@ import contextlib
 import logging
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -103,7 +104,10 @@ def main(argv: list[str] | None = None) -> None:
     _install_signal_handlers()
     try:
         cli.main(args=argv, prog_name="ccloudvm", standalone_mode=False)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        # click turns a ^C (or SIGTERM, SIGHUP) met inside a command into Abort.
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            _interrupted(exc.__cause__)
         ui.console.print("aborted")
         sys.exit(130)
     except click.ClickException as exc:
@@ -115,18 +119,8 @@ def main(argv: list[str] | None = None) -> None:
         if diskspace.is_disk_full(exc) and not isinstance(exc, diskspace.NoSpaceError):
             exc = diskspace.no_space_error(state_dir().root)  # a host command met a full disk
         errors.fail(exc.message, exc.hint, exc.exit_code)
-    except CreateInterrupted as exc:
-        if exc.removed:
-            ui.console.print(f"interrupted; removed the half-made instance {exc.name}")
-        else:
-            ui.console.print(
-                f"interrupted; {exc.name} stays, not provisioned "
-                f"('ccloudvm provision {exc.name}' runs the steps again)"
-            )
-        sys.exit(exc.exit_code)
     except KeyboardInterrupt as exc:
-        ui.console.print("interrupted")
-        sys.exit(getattr(exc, "exit_code", 130))
+        _interrupted(exc)
     except OSError as exc:  # the host refused something we did not foresee: still one line
         if errors.debugging():
             raise
@@ -135,3 +129,18 @@ def main(argv: list[str] | None = None) -> None:
             errors.fail(full.message, None, full.exit_code)
         where = f": {exc.filename}" if exc.filename else ""
         errors.fail(f"{exc.strerror or exc}{where}", "run with --debug for the details", 1)
+
+
+def _interrupted(exc: KeyboardInterrupt) -> NoReturn:
+    """^C, SIGTERM or SIGHUP: one line, and the exit status 128 + the signal's number."""
+    if isinstance(exc, CreateInterrupted):
+        if exc.removed:
+            ui.console.print(f"interrupted; removed the half-made instance {exc.name}")
+        else:
+            ui.console.print(
+                f"interrupted; {exc.name} stays, not provisioned "
+                f"('ccloudvm provision {exc.name}' runs the steps again)"
+            )
+        sys.exit(exc.exit_code)
+    ui.console.print("interrupted")
+    sys.exit(getattr(exc, "exit_code", 130))
