@@ -8,8 +8,8 @@ import sys
 import click
 
 from ccloudvm.cli import completion
+from ccloudvm.cli.targets import pick_instance
 from ccloudvm.cluster import network as cluster
-from ccloudvm.state.instance_state import instance_names
 from ccloudvm.state.paths import StateDir
 
 _ACTION_HELP = {
@@ -38,11 +38,7 @@ def _vm_action(action: str) -> click.Command:
         from ccloudvm.instance import lifecycle as instance
 
         state = StateDir.from_env()
-        if name is None:
-            names = instance_names(state)
-            if len(names) != 1:
-                raise click.UsageError("name the instance (there is not exactly one)")
-            name = names[0]
+        name = pick_instance(name)
         workload = workflow.workload_of(state, name)
         cluster.script_for(workload.cluster, action, workload.name)
         with instance.connect_target(state, name) as target:
