@@ -4,14 +4,19 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from ccloudvm.cli import completion
 from ccloudvm.cli.targets import pick_instance
-from ccloudvm.cluster import network as cluster
 from ccloudvm.state.paths import StateDir
 
+if TYPE_CHECKING:
+    from ccloudvm.cluster.network import ClusterResult
+
+# One per cluster action (ccloudvm.cluster.network.ACTIONS, in its order; a test keeps
+# them the same), so that the commands are made without importing the cluster code.
 _ACTION_HELP = {
     "setup": "Bring the workload's cluster up (idempotent; every change is journaled first).",
     "verify": "The quick end-to-end check; ends with 'N passed, N failed', exit status 1 on failure.",
@@ -21,7 +26,7 @@ _ACTION_HELP = {
 }
 
 
-def _exit(result: cluster.ClusterResult) -> None:
+def _exit(result: ClusterResult) -> None:
     sys.exit(0 if result.ok else 1)
 
 
@@ -35,6 +40,7 @@ def _vm_action(action: str) -> click.Command:
     @click.option("-v", "--verbose", is_flag=True, help="Show the scripts' output as it comes.")
     def command(name: str | None, verbose: bool) -> None:
         from ccloudvm.app import workflow
+        from ccloudvm.cluster import network as cluster
         from ccloudvm.instance import lifecycle as instance
 
         state = StateDir.from_env()
@@ -90,7 +96,7 @@ def _host_action(action: str) -> click.Command:
     return click.command(action)(command)
 
 
-for _action in cluster.ACTIONS:
+for _action in _ACTION_HELP:
     cluster_group.add_command(_vm_action(_action))
     baremetal_group.add_command(_host_action(_action))
 

@@ -9,7 +9,6 @@ import click
 from ccloudvm.cli import completion
 from ccloudvm.cli.targets import state_dir
 from ccloudvm.core import defaults, sizes, ui
-from ccloudvm.core.specs import MountSpec, PortSpec
 
 
 @click.command()
@@ -119,6 +118,7 @@ def create(workload: str, name: str | None, mem: int | None, cpus: int | None, d
     NAME --provision'.
     """
     from ccloudvm.app import workflow
+    from ccloudvm.core.specs import MountSpec, PortSpec
     from ccloudvm.vm import accel as accel_mod
     from ccloudvm.vm import drivers
 

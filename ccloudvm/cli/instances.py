@@ -1,5 +1,6 @@
 """What instances there are and how they are: `ccloudvm instances` (ls, list) and `status`.
-Both only read the state directory and ask QEMU; they load no heavy library."""
+Both only read the state directory and ask QEMU; they load no heavy library, and what they
+need only when they run (so that --help does not)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,6 @@ from ccloudvm.cli.options import format_options
 from ccloudvm.cli.targets import pick_instance, state_dir
 from ccloudvm.core import formats, ui
 from ccloudvm.core.errors import CcloudvmError, UsageError
-from ccloudvm.instance.status import status as status_of
-from ccloudvm.state.instance_state import creating_names, instance_names
 
 _INSTANCE_COLUMNS: list[formats.Column] = [
     ("NAME", lambda r: r["name"]),
@@ -38,6 +37,9 @@ def instances_command(fmt: str | None, as_json: bool, quiet: bool) -> None:
     suspended ('ccloudvm resume NAME' continues it).
     CSV has every field of --format json, a list's items joined by '; '.
     """
+    from ccloudvm.instance.status import status as status_of
+    from ccloudvm.state.instance_state import creating_names, instance_names
+
     chosen = formats.choose(fmt, as_json)
     if quiet and (fmt or as_json):
         raise UsageError("-q prints names only; it takes no --format or --json")
@@ -75,6 +77,8 @@ def _driver_cell(driver: str) -> str:
 @format_options
 def status(name: str | None, fmt: str | None, as_json: bool) -> None:
     """Show one instance's state (from QEMU itself) and settings."""
+    from ccloudvm.instance.status import status as status_of
+
     chosen = formats.choose(fmt, as_json)
     data = status_of(state_dir(), pick_instance(name))
     click.echo(formats.render_record(data, chosen), nl=False)

@@ -13,7 +13,6 @@ from ccloudvm.cli.options import NAMES, all_option, resize_options
 from ccloudvm.cli.targets import each, pick_instance, state_dir, targets_of
 from ccloudvm.core import defaults, ui
 from ccloudvm.core.errors import UsageError
-from ccloudvm.state.instance_state import instance_names
 
 
 @click.command()
@@ -142,6 +141,7 @@ def delete(names: tuple[str, ...], every: bool, yes: bool) -> None:
 def teardown(yes: bool) -> None:
     """Delete every instance (the same as 'delete --all')."""
     from ccloudvm.instance import lifecycle as instance
+    from ccloudvm.state.instance_state import instance_names
 
     state = state_dir()
     names = instance_names(state)

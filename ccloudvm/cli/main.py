@@ -21,7 +21,7 @@ from ccloudvm.cli import images as cli_images
 from ccloudvm.cli import workloads as cli_workloads
 from ccloudvm.cli.snapshots import commands as snapshot_commands
 from ccloudvm.cli.targets import state_dir
-from ccloudvm.core import diskspace, ui
+from ccloudvm.core import ui
 from ccloudvm.core.errors import CcloudvmError, CreateInterrupted
 from ccloudvm.state.paths import refuse_root_in_foreign_state
 
@@ -116,6 +116,8 @@ def main(argv: list[str] | None = None) -> None:
     except CcloudvmError as exc:
         if errors.debugging():
             raise
+        from ccloudvm.core import diskspace
+
         if diskspace.is_disk_full(exc) and not isinstance(exc, diskspace.NoSpaceError):
             exc = diskspace.no_space_error(state_dir().root)  # a host command met a full disk
         errors.fail(exc.message, exc.hint, exc.exit_code)
@@ -124,6 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as exc:  # the host refused something we did not foresee: still one line
         if errors.debugging():
             raise
+        from ccloudvm.core import diskspace
+
         if diskspace.is_disk_full(exc):
             full = diskspace.no_space_error(Path(exc.filename or state_dir().root))
             errors.fail(full.message, None, full.exit_code)

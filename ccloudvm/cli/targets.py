@@ -8,7 +8,6 @@ from collections.abc import Callable
 
 from ccloudvm.cli.errors import debugging, print_error
 from ccloudvm.core.errors import CcloudvmError, UsageError
-from ccloudvm.state.instance_state import instance_names
 from ccloudvm.state.paths import StateDir
 
 
@@ -20,6 +19,8 @@ def pick_instance(name: str | None) -> str:
     """An explicit name, or the only instance there is."""
     if name:
         return name
+    from ccloudvm.state.instance_state import instance_names
+
     names = instance_names(state_dir())
     if len(names) == 1:
         return names[0]
@@ -33,6 +34,8 @@ def targets_of(names: tuple[str, ...], every: bool, *, pick: bool = True) -> lis
     if every and names:
         raise UsageError("give instance names or --all, not both")
     if every:
+        from ccloudvm.state.instance_state import instance_names
+
         return instance_names(state_dir())
     if not names:
         if not pick:

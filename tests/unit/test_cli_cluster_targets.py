@@ -55,3 +55,12 @@ def test_a_cluster_in_a_stopped_instance_says_how_to_start_it(
 def test_baremetal_of_a_workload_without_a_cluster(capsys: pytest.CaptureFixture[str]) -> None:
     code, err = _refusal(capsys, "baremetal", "verify", "debian")
     assert code == 2 and err.startswith("error: workload debian has no cluster section")
+
+
+def test_a_command_for_every_cluster_action_in_its_order() -> None:
+    from ccloudvm.cli import cluster as cli_cluster
+    from ccloudvm.cluster import network
+
+    assert tuple(cli_cluster._ACTION_HELP) == network.ACTIONS
+    assert list(cli_cluster.cluster_group.commands) == list(network.ACTIONS)
+    assert set(network.ACTIONS) <= set(cli_cluster.baremetal_group.commands)

@@ -87,14 +87,15 @@ def test_debug_shows_the_traceback_of_an_error() -> None:
 def test_an_unforeseen_refusal_of_the_host_is_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from ccloudvm.cli import errors, instances
+    from ccloudvm.cli import errors
+    from ccloudvm.state import instance_state
 
     monkeypatch.setattr(errors, "_debug", False)  # --debug below stays in this test
 
     def refused(state: object) -> list[str]:
         raise PermissionError(13, "Permission denied", "/somewhere/instances")
 
-    monkeypatch.setattr(instances, "instance_names", refused)
+    monkeypatch.setattr(instance_state, "instance_names", refused)
     assert _exit_status("instances") == 1
     assert capsys.readouterr().err == (
         "error: Permission denied: /somewhere/instances (run with --debug for the details)\n"

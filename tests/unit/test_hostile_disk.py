@@ -261,14 +261,14 @@ def test_the_cli_turns_an_unforeseen_full_disk_into_the_one_line(
     capsys: pytest.CaptureFixture[str],
     failure: Exception,
 ) -> None:
-    from ccloudvm.cli import instances
     from ccloudvm.cli import main as cli
+    from ccloudvm.state import instance_state
 
     def full(state: StateDir) -> list[str]:
         raise failure
 
     monkeypatch.setenv("CCLOUDVM_HOME", str(tmp_path))
-    monkeypatch.setattr(instances, "instance_names", full)
+    monkeypatch.setattr(instance_state, "instance_names", full)
     with pytest.raises(SystemExit) as exited:
         cli.main(["instances"])
     assert exited.value.code == 1

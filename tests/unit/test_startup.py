@@ -36,3 +36,15 @@ def test_help_and_instances_load_no_heavy_library(tmp_path: Path) -> None:
         )
         loaded = _loaded_after(code, tmp_path)
         assert not [name for name in HEAVY if name in loaded], argv
+
+
+def test_help_loads_neither_instance_state_nor_cluster_code(tmp_path: Path) -> None:
+    """--help only describes commands: what they act on is imported when one runs."""
+    code = (
+        "import contextlib, io, ccloudvm.cli.main\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    ccloudvm.cli.main.main(['--help'])"
+    )
+    loaded = _loaded_after(code, tmp_path)
+    lazy = ("ccloudvm.state.instance_state", "ccloudvm.cluster.network", "ccloudvm.core.diskspace")
+    assert not [name for name in lazy if name in loaded]
