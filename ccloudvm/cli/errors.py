@@ -6,8 +6,6 @@ from __future__ import annotations
 import sys
 from typing import NoReturn
 
-from ccloudvm.core import ui
-
 _debug = False
 
 
@@ -22,10 +20,13 @@ def debugging() -> bool:
 
 
 def print_error(message: str, hint: str | None) -> None:
+    """The line as it is, red at a terminal. Plain text, not rich: rich would load on every
+    error and turn ':b:' or ':cat:' in a path or a value into an emoji."""
     text = f"error: {message}" + (f" ({hint})" if hint else "")
-    ui.console.print(
-        text, markup=False, highlight=False, style="red" if sys.stderr.isatty() else None
-    )
+    if sys.stderr.isatty():
+        text = f"\x1b[31m{text}\x1b[0m"
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
 
 
 def fail(message: str, hint: str | None, code: int) -> NoReturn:

@@ -102,3 +102,19 @@ def test_an_unforeseen_refusal_of_the_host_is_one_line(
     )
     with pytest.raises(PermissionError):
         cli.main(["--debug", "instances"])
+
+
+def test_an_error_line_is_printed_as_it_is(capsys: pytest.CaptureFixture[str]) -> None:
+    """No markup, no emoji: ':b:' in a value stays ':b:'."""
+    assert _exit_status("create", "debian", "--mount", "x:b:c") == 2
+    assert capsys.readouterr().err == "error: invalid mount option 'c' in 'x:b:c' (use ro or rw)\n"
+
+
+def test_an_error_is_red_at_a_terminal(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ccloudvm.cli import errors
+
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    errors.print_error("it broke", "fix it")
+    assert capsys.readouterr().err == "\x1b[31merror: it broke (fix it)\x1b[0m\n"

@@ -48,3 +48,12 @@ def test_help_loads_neither_instance_state_nor_cluster_code(tmp_path: Path) -> N
     loaded = _loaded_after(code, tmp_path)
     lazy = ("ccloudvm.state.instance_state", "ccloudvm.cluster.network", "ccloudvm.core.diskspace")
     assert not [name for name in lazy if name in loaded]
+
+
+def test_an_error_line_loads_no_rich(tmp_path: Path) -> None:
+    code = (
+        "import contextlib, io, ccloudvm.cli.main\n"
+        "with contextlib.redirect_stderr(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    ccloudvm.cli.main.main(['status', 'ghost'])"
+    )
+    assert not [name for name in _loaded_after(code, tmp_path) if name.startswith("rich")]
