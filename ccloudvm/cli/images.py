@@ -3,7 +3,6 @@ remove and prune."""
 
 from __future__ import annotations
 
-import json
 import time
 
 import click
@@ -21,6 +20,8 @@ def images_command(as_json: bool) -> None:
     WARM: the image's warm-boot snapshots (one per VM size created from it) and the space
     they take; 'ccloudvm image rm' removes them with the image.
     """
+    import json
+
     from rich.table import Table
 
     from ccloudvm.app import builds

@@ -7,7 +7,6 @@ wrong and what to do next. --debug shows tracebacks and every host command run.
 from __future__ import annotations
 
 import contextlib
-import logging
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -56,6 +55,8 @@ def cli(context: click.Context, debug: bool) -> None:
     automatically (KVM when it really works, TCG otherwise); --accel or
     $CCLOUDVM_ACCEL override it.
     """
+    import logging  # here, not at the top: --help never needs it
+
     errors.set_debug(debug)
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING, format="%(name)s: %(message)s"

@@ -3,7 +3,6 @@ resume."""
 
 from __future__ import annotations
 
-import json
 import time
 
 import click
@@ -53,6 +52,8 @@ def snapshot_restore(name: str, snap: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def snapshot_list(name: str, as_json: bool) -> None:
     """List instance NAME's snapshots, oldest first."""
+    import json
+
     from ccloudvm.instance import snapshots
 
     rows = snapshots.list_snapshots(StateDir.from_env(), name)
