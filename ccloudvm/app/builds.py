@@ -19,6 +19,7 @@ from ccloudvm.core.errors import CcloudvmError, NotFoundError, StateError, Usage
 from ccloudvm.core.proc import run
 from ccloudvm.images import catalog as images
 from ccloudvm.images import generalise
+from ccloudvm.instance import access, warm
 from ccloudvm.instance import lifecycle as instance
 from ccloudvm.instance.status import status as instance_status
 from ccloudvm.state.instance_state import files_of, instance_names, load_state
@@ -150,7 +151,7 @@ def build(state: StateDir, ref: str, options: Any) -> images.BaseImage:
     options.use_cache = False
     inst = workflow.create(state, ref, options)
     try:
-        with instance.connect_target(state, inst.name) as target:
+        with access.connect_target(state, inst.name) as target:
             target.put_text(ONLINE_GENERALISE, "/tmp/ccloudvm-generalise.sh", mode=0o700)
             code = target.run(["bash", "/tmp/ccloudvm-generalise.sh", inst.guest_user], sudo=True)
             if code != 0:
@@ -162,7 +163,7 @@ def build(state: StateDir, ref: str, options: Any) -> images.BaseImage:
                 images.remove_image(old)
         image = save_instance(state, inst.name, image_name, offline_generalise=False)
         _record_build(state, key, image, workload.name)
-        instance.prepare_warm_boot(state, inst, image)
+        warm.prepare_warm_boot(state, inst, image)
     finally:
         instance.delete(state, inst.name)
     return image

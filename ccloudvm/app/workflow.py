@@ -17,6 +17,7 @@ from ccloudvm.core.errors import CcloudvmError, CreateInterrupted, NotFoundError
 from ccloudvm.core.hostinfo import host_user
 from ccloudvm.core.specs import MountSpec, PortSpec
 from ccloudvm.guest import proxy
+from ccloudvm.instance import access, warm
 from ccloudvm.instance import lifecycle as instance
 from ccloudvm.remote.target import OutputSink
 from ccloudvm.state.instance_state import (
@@ -197,7 +198,7 @@ def create(state: StateDir, ref: str, options: CreateOptions) -> InstanceState:
     request, workload = build_request(state, ref, options)
     try:
         inst = _create(state, ref, options, request, workload)
-        instance.snapshot_later(state, inst)  # after provisioning: it slows nothing of it
+        warm.snapshot_later(state, inst)  # after provisioning: it slows nothing of it
         return inst
     except KeyboardInterrupt as exc:
         if isinstance(exc, CreateInterrupted):
@@ -259,7 +260,7 @@ def verify(state: StateDir, name: str) -> tuple[int, int]:
         raise UsageError(
             f"workload {workload.name!r} has no checks", hint="add a 'checks:' list to it"
         )
-    with instance.connect_target(state, name) as target:
+    with access.connect_target(state, name) as target:
         return provision.run_checks(target, workload.checks)
 
 
@@ -305,7 +306,7 @@ def provision_instance(
     title = f"provision {name} (workload {workload.name})"
     with (
         _appending_log(provision_log(state, name), title) as log,
-        instance.connect_target(state, name) as target,
+        access.connect_target(state, name) as target,
     ):
         provision.run_steps(target, workload.provision, verbose=verbose, log=log, failure_hint=hint)
     inst = load_state(state, name)

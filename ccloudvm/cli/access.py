@@ -61,7 +61,7 @@ def _exec_ssh(
 ) -> NoReturn:
     """Become the system ssh to the instance (host key pinned): it passes stdin, stderr,
     terminals, signals and the exit status on as a user expects of ssh."""
-    from ccloudvm.instance import lifecycle as instance
+    from ccloudvm.instance import access as instance_access
 
     remote = None
     if argv:
@@ -69,7 +69,7 @@ def _exec_ssh(
         remote = shlex.join(argv)
         if workdir:
             remote = f"cd -- {shlex.quote(workdir)} && exec {remote}"
-    ssh = instance.ssh_argv(state_dir(), name, [remote] if remote else None, tty=tty)
+    ssh = instance_access.ssh_argv(state_dir(), name, [remote] if remote else None, tty=tty)
     os.execv(ssh[0], ssh)  # noqa: S606 - argv list built by us, no local shell
 
 
@@ -94,9 +94,9 @@ def ssh_config(name: str | None) -> None:
     \b
     Example: ccloudvm ssh-config dev >> ~/.ssh/config && ssh dev
     """
-    from ccloudvm.instance import lifecycle as instance
+    from ccloudvm.instance import access as instance_access
 
-    click.echo(instance.ssh_config(state_dir(), pick_instance(name)), nl=False)
+    click.echo(instance_access.ssh_config(state_dir(), pick_instance(name)), nl=False)
 
 
 @click.command()
@@ -112,14 +112,14 @@ def copy(name: str, paths: tuple[str, ...], recursive: bool) -> None:
     ccloudvm copy dev -r ./src :/home/me/src folders
     ccloudvm copy dev a.txt b.txt :/tmp/     several, into a folder (as scp)
     """
-    from ccloudvm.instance import lifecycle as instance
+    from ccloudvm.instance import access as instance_access
     from ccloudvm.remote import transfer
 
     if len(paths) < 2:
         raise UsageError(
             "give SOURCE... and DEST", hint="for example 'ccloudvm copy dev ./file :/tmp/'"
         )
-    with instance.connect_target(state_dir(), name) as target:
+    with instance_access.connect_target(state_dir(), name) as target:
         transfer.copy_many(target, list(paths[:-1]), paths[-1], recursive=recursive)
 
 

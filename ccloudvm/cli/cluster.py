@@ -41,13 +41,13 @@ def _vm_action(action: str) -> click.Command:
     def command(name: str | None, verbose: bool) -> None:
         from ccloudvm.app import workflow
         from ccloudvm.cluster import network as cluster
-        from ccloudvm.instance import lifecycle as instance
+        from ccloudvm.instance import access
 
         state = StateDir.from_env()
         name = pick_instance(name)
         workload = workflow.workload_of(state, name)
         cluster.script_for(workload.cluster, action, workload.name)
-        with instance.connect_target(state, name) as target:
+        with access.connect_target(state, name) as target:
             result = cluster.run_cluster_action(
                 target, workload.cluster, action,
                 cluster_name=name, state_dir=cluster.GUEST_STATE_DIR.format(name=name),

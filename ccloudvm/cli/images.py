@@ -98,13 +98,13 @@ def image_build(recipe: str) -> None:
     'ccloudvm create' (default size, no mounts) starts from, so the first create is warm.
     """
     from ccloudvm.images import catalog as images
-    from ccloudvm.instance import lifecycle as instance
+    from ccloudvm.instance import warm
 
     start = time.monotonic()
     state = StateDir.from_env()
     image = images.ensure_image(state, recipe)
     # The snapshot a plain 'ccloudvm create' starts from, so the first create is warm.
-    instance.prepare_default_warm_boot(state, image)
+    warm.prepare_default_warm_boot(state, image)
     ui.info(f"{image.name} is ready in {image.directory} ({time.monotonic() - start:.1f} s)")
 
 
@@ -127,11 +127,11 @@ def image_snapshot(
     create of a size without one boots cold and runs this in the background afterwards.
     """
     from ccloudvm.images import catalog as images
-    from ccloudvm.instance import lifecycle as instance
+    from ccloudvm.instance import warm
 
     state = StateDir.from_env()
     image = images.ensure_image(state, recipe)
-    instance.prepare_shape_warm_boot(
+    warm.prepare_shape_warm_boot(
         state, image, mem_mib=mem, cpus=cpus, nested=nested, accel_mode=accel
     )
 

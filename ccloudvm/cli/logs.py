@@ -35,7 +35,7 @@ from ccloudvm.core.errors import CcloudvmError, UsageError
 def logs(name: str | None, cloud_init: bool, provision_log: bool, lines: int, follow: bool) -> None:
     """Show the serial console log (or cloud-init's output log from the guest, or the
     provision steps' output)."""
-    from ccloudvm.instance import lifecycle as instance
+    from ccloudvm.instance import access
 
     state = state_dir()
     name = pick_instance(name)
@@ -56,7 +56,7 @@ def logs(name: str | None, cloud_init: bool, provision_log: bool, lines: int, fo
             )
         text = path.read_text(errors="replace")
     elif cloud_init:
-        with instance.connect_target(state, name) as target:
+        with access.connect_target(state, name) as target:
             code, text = target.run_capture(["cat", "/var/log/cloud-init-output.log"], sudo=True)
         if code != 0:
             raise CcloudvmError(

@@ -8,17 +8,14 @@ instance stays for inspection (`logs`, `connect`) and `delete` removes it.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import shutil
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ccloudvm.core import pids as process
 from ccloudvm.core import ui
 from ccloudvm.core.defaults import (
     BOOT_TIMEOUT,
@@ -33,9 +30,9 @@ from ccloudvm.core.proc import require_tool, run
 from ccloudvm.core.specs import DEFAULT_PORT_ADDRESS, MountSpec, PortSpec
 from ccloudvm.guest import keys, seed
 from ccloudvm.images import catalog as images
-from ccloudvm.remote.ssh import SSHTarget, known_hosts_line, wait_for_ssh
+from ccloudvm.instance import boot, warm
+from ccloudvm.remote.ssh import known_hosts_line
 from ccloudvm.state.instance_state import (
-    ImageRef,
     InstanceFiles,
     InstanceState,
     all_states,
@@ -55,7 +52,7 @@ from ccloudvm.state.instance_state import (
     validate_name,
 )
 from ccloudvm.state.paths import StateDir, refuse_link
-from ccloudvm.vm import accel, drivers, qemu, ready, warmboot
+from ccloudvm.vm import accel, drivers, warmboot
 
 
 @dataclass
@@ -192,129 +189,6 @@ def _disk_virtual_size_gib(disk: Path) -> float:
 # ---------------------------------------------------------------- launching
 
 
-def _machine(
-    state: StateDir, files: InstanceFiles, inst: InstanceState, acc: accel.Acceleration
-) -> qemu.MachineConfig:
-    boot = None
-    if inst.image.kernel:
-        boot = qemu.DirectBoot(
-            kernel=Path(inst.image.kernel),
-            initrd=Path(inst.image.initrd) if inst.image.initrd else None,
-            cmdline=inst.image.cmdline or "root=/dev/vda rw console=ttyS0",
-        )
-    return qemu.MachineConfig(
-        name=inst.name,
-        accel=acc,
-        nested=inst.nested,
-        mem_mib=inst.mem_mib,
-        cpus=inst.cpus,
-        disk=files.disk,
-        seed=files.seed,
-        host_ip=inst.host_ip,
-        ssh_port=inst.ssh_port,
-        qmp_socket=files.qmp,
-        serial_log=files.serial,
-        pidfile=files.pidfile,
-        ports=tuple(inst.port_specs()),
-        mounts=tuple(
-            warmboot.pad_mounts(state, inst.mount_specs(), inst.mount_slots)
-            if inst.mount_slots
-            else inst.mount_specs()
-        ),
-        boot=boot,
-        extra_drives=tuple(inst.drives),
-    )
-
-
-_warned_tcg: list[bool] = []
-
-
-def _acceleration(state: StateDir, inst: InstanceState) -> accel.Acceleration:
-    kernel = Path(inst.image.kernel) if inst.image.kernel else None
-    acc = accel.detect(mode=inst.accel_mode, run_dir=state.run, probe_kernel=kernel)
-    if not acc.is_kvm and inst.accel_mode == "auto" and not _warned_tcg:
-        _warned_tcg.append(True)  # once per command, however many machines it starts
-        ui.warn(
-            f"KVM is not usable ({acc.reason}); using software emulation (TCG), which is slower"
-        )
-    if inst.nested and not acc.nested:
-        ui.warn("this workload wants nested virtualisation, which this host does not offer")
-    return acc
-
-
-def _launch(
-    state: StateDir,
-    files: InstanceFiles,
-    inst: InstanceState,
-    acc: accel.Acceleration | None = None,
-    restore: warmboot.Snapshot | None = None,
-) -> None:
-    """Start the machine for the instance: a cold boot, or a warm one from `restore`."""
-    driver = drivers.for_instance(files, inst)
-    acc = acc or _acceleration(state, inst)
-    for stale in (files.qmp, files.pidfile):
-        stale.unlink(missing_ok=True)
-    if files.serial.exists():
-        files.serial.replace(files.serial.with_suffix(".log.1"))
-    if not port_free(inst.host_ip, inst.ssh_port):
-        inst.ssh_port = pick_ssh_port(inst.host_ip, inst.ssh_port + 1)
-        # The pinned host key names the port (system ssh reads it): pin it on the new one.
-        public = files.host_key_pub.read_text().strip()
-        files.known_hosts.write_text(known_hosts_line(inst.host_ip, inst.ssh_port, public) + "\n")
-    _check_ports(inst.port_specs(), inst.host_ip)
-    driver.define(_machine(state, files, inst, acc), restore)
-    inst.accel_used = acc.accel
-    inst.desired = "running"
-    save_state(files, inst)
-    try:
-        driver.start()
-    except drivers.LaunchFailed:
-        inst.desired = "stopped"
-        save_state(files, inst)
-        raise
-
-
-def _wait_ready(
-    state: StateDir, files: InstanceFiles, inst: InstanceState, timeout: float
-) -> SSHTarget:
-    deadline = time.monotonic() + timeout
-    start = time.monotonic()
-
-    alive = drivers.for_instance(files, inst).is_running
-
-    with ui.spinner(f"Booting {inst.name}", stage_lines=True) as status:
-        ready.wait_for_marker(
-            files.serial, deadline=deadline, is_alive=alive,
-            on_stage=ready.report_stage(status), name=inst.name,
-        )  # fmt: skip
-        status.update("connecting over SSH")
-        target = ssh_target_for(state, inst, deadline=deadline)
-    result = ready.console_result(files.serial)
-    if result is None:  # an image that does not print it: ask over SSH
-        code, result = target.run_capture(["cat", "/run/cloud-init/result.json"])
-        result = result if code == 0 else "{}"
-    errors = ready.cloud_init_errors(result)
-    if errors:
-        target.close()
-        raise ready.BootFailed(
-            f"cloud-init reported errors in {inst.name!r}: {'; '.join(errors)[:300]}; "
-            "last console lines:\n" + ready.log_tail(files.serial),
-            hint=f"'ccloudvm logs {inst.name} --cloud-init' shows its log; the instance is "
-            f"running for 'ccloudvm connect {inst.name}', and 'ccloudvm delete {inst.name}' removes it",
-        )
-    ui.info(f"{inst.name} is ready ({time.monotonic() - start:.1f} s, {inst.accel_used})")
-    return target
-
-
-def ssh_target_for(state: StateDir, inst: InstanceState, *, deadline: float) -> SSHTarget:
-    """Connect to the instance with its pinned host key, retrying until `deadline`."""
-    host_key = files_of(state, inst.name).host_key_pub.read_text().strip()
-    return wait_for_ssh(
-        name=inst.name, host=inst.host_ip, port=inst.ssh_port, user=inst.guest_user,
-        key_path=state.private_key, host_key_public=host_key, deadline=deadline,
-    )  # fmt: skip
-
-
 # ---------------------------------------------------------------- commands
 
 
@@ -376,7 +250,7 @@ def create(state: StateDir, req: CreateRequest) -> InstanceState:
             inst = InstanceState(
                 name=name,
                 workload=req.workload,
-                image=_image_ref(base),
+                image=warm.image_ref(base),
                 mem_mib=mem,
                 cpus=cpus,
                 disk_gib=disk,
@@ -420,7 +294,7 @@ def create(state: StateDir, req: CreateRequest) -> InstanceState:
             # started but is not ready stays for `logs` and `connect`.
             _first_boot(state, files, inst, base)
             launched = True
-            _wait_ready(state, files, inst, req.timeout).close()
+            boot.wait_ready(state, files, inst, req.timeout).close()
             clear_creating(files)
             if req.proxy:
                 ui.info(f"proxy: {req.proxy}")
@@ -439,24 +313,24 @@ def _first_boot(
 ) -> None:
     """Make the disk overlay and start QEMU: from the image's warm-boot snapshot when it
     has one (made now if needed), else, or if loading it fails, by booting cold."""
-    acc = _acceleration(state, inst)
+    acc = boot.acceleration(state, inst)
     snapshot = _warm_snapshot(state, files, inst, base, acc)
-    _make_overlay(files.disk, snapshot.disk if snapshot else base.disk, inst.disk_gib, snapshot)
+    warm.make_overlay(files.disk, snapshot.disk if snapshot else base.disk, inst.disk_gib, snapshot)
     inst.warm_snapshot = str(snapshot.directory) if snapshot else None
     save_state(files, inst)
     if snapshot is None:
-        _launch(state, files, inst, acc)
+        boot.launch(state, files, inst, acc)
         return
     try:
-        _launch(state, files, inst, acc, restore=snapshot)
+        boot.launch(state, files, inst, acc, restore=snapshot)
     except warmboot.WarmBootFailed as exc:
         ui.warn(f"{inst.name} could not start from the warm-boot snapshot ({exc}); booting cold")
-        _force_off(files)
-        _make_overlay(files.disk, base.disk, inst.disk_gib, None)
+        boot.force_off(files)
+        warm.make_overlay(files.disk, base.disk, inst.disk_gib, None)
         inst.warm_snapshot = None
         save_state(files, inst)
-        _discard_unless_used(state, snapshot)
-        _launch(state, files, inst, acc)
+        warm.discard_unless_used(state, snapshot)
+        boot.launch(state, files, inst, acc)
 
 
 def _warm_snapshot(
@@ -473,112 +347,12 @@ def _warm_snapshot(
     if not warmboot.pad_seed(files.seed):
         ui.info(f"{inst.name}'s cloud-init seed is too big for a warm boot; booting cold")
         return None
-    found = warmboot.find_snapshot(state, base, _machine(state, files, inst, acc))
+    found = warmboot.find_snapshot(state, base, boot.machine_config(state, files, inst, acc))
     if found is None:
         ui.info(
             f"no warm-boot snapshot of {base.name} for {inst.mem_mib} MiB, {inst.cpus} vCPUs yet; booting cold"
         )
     return found
-
-
-def snapshot_later(state: StateDir, inst: InstanceState) -> None:
-    """After a create that booted cold for want of a snapshot of its shape (and after its
-    provisioning, so it slows nothing of it): make that snapshot in the background, so the
-    next create of this shape starts warm."""
-    if inst.warm_snapshot or not inst.mount_slots or not inst.image.warm_boot:
-        return
-    if not warmboot.background_enabled():
-        return
-    image = images.find_cached(state, inst.image.disk)
-    if image is None:
-        return
-    files = files_of(state, inst.name)
-    acc = accel.detect(mode=inst.accel_mode, run_dir=state.run, probe_kernel=image.kernel)
-    if warmboot.find_snapshot(state, image, _machine(state, files, inst, acc)) is not None:
-        return  # another create of this shape made it meanwhile
-    tail = ["--mem", str(inst.mem_mib), "--cpus", str(inst.cpus), "--accel", inst.accel_mode]
-    log = warmboot.start_in_background(
-        state, image, [*tail, *(["--nested"] if inst.nested else [])]
-    )
-    ui.info(
-        f"making the warm-boot snapshot for {inst.mem_mib} MiB, {inst.cpus} vCPUs in the "
-        f"background (log: {log}); the next create of this size starts warm"
-    )
-
-
-def _discard_unless_used(state: StateDir, snapshot: warmboot.Snapshot) -> None:
-    """Drop a snapshot that failed to load, so the next create makes a new one; one that
-    backs an instance's disk stays (the instance needs its disk layer)."""
-    if str(snapshot.directory) not in {s.warm_snapshot for s in all_states(state)}:
-        shutil.rmtree(snapshot.directory, ignore_errors=True)
-
-
-def prepare_warm_boot(state: StateDir, inst: InstanceState, image: images.BaseImage) -> None:
-    """Make `image`'s snapshot for instances shaped like `inst` now (after `image save` of
-    a build), so that the first create from it starts warm too. Failing is not an error."""
-    if not (image.warm_boot and inst.mount_slots and warmboot.enabled()):
-        return
-    _snapshot_like(state, image, inst)
-
-
-def prepare_default_warm_boot(state: StateDir, image: images.BaseImage) -> None:
-    """Make the snapshot a plain `ccloudvm create` (no size flags, no mounts) of `image`
-    starts from, right after the image is built, so the very first create is warm."""
-    prepare_shape_warm_boot(state, image)
-
-
-def prepare_shape_warm_boot(
-    state: StateDir,
-    image: images.BaseImage,
-    *,
-    mem_mib: int | None = None,
-    cpus: int | None = None,
-    nested: bool = False,
-    accel_mode: str | None = None,
-) -> None:
-    """Make `image`'s snapshot for instances of this shape (sizes default as create's)."""
-    if not (image.warm_boot and warmboot.enabled()):
-        return
-    mode = accel.requested_mode(accel_mode)
-    acc = accel.detect(mode=mode, run_dir=state.run, probe_kernel=image.kernel)
-    host = host_resources()
-    like = InstanceState(
-        name="ccloudvm-shape", workload="", image=_image_ref(image),
-        mem_mib=mem_mib or host.default_mem_mib(acc.is_kvm),
-        cpus=cpus or host.default_cpus(acc.is_kvm), nested=nested,
-        disk_gib=DEFAULT_DISK_GIB, host_ip=DEFAULT_PORT_ADDRESS, ssh_port=1,
-        guest_user=host_user().guest_name, accel_mode=mode, mount_slots=warmboot.MOUNT_SLOTS,
-    )  # fmt: skip
-    _snapshot_like(state, image, like)
-
-
-def _image_ref(image: images.BaseImage) -> ImageRef:
-    return ImageRef(
-        name=image.name, key=image.key, disk=str(image.disk),
-        kernel=str(image.kernel) if image.kernel else None,
-        initrd=str(image.initrd) if image.initrd else None,
-        cmdline=image.cmdline, warm_boot=image.warm_boot,
-    )  # fmt: skip
-
-
-def _snapshot_like(state: StateDir, image: images.BaseImage, inst: InstanceState) -> None:
-    like = dataclasses.replace(inst, image=dataclasses.replace(_image_ref(image), warm_boot=True))
-    acc = accel.detect(mode=inst.accel_mode, run_dir=state.run, probe_kernel=image.kernel)
-    try:
-        warmboot.ensure_snapshot(
-            state, image, _machine(state, files_of(state, inst.name), like, acc)
-        )
-    except warmboot.WarmBootFailed as exc:
-        ui.warn(f"no warm-boot snapshot of {image.name} ({exc}); its instances will boot cold")
-
-
-def _make_overlay(
-    disk: Path, backing: Path, size_gib: int, snapshot: warmboot.Snapshot | None
-) -> None:
-    # On a snapshot the overlay keeps the size the guest saw; the restore grows it.
-    size = [] if snapshot is not None else [f"{size_gib}G"]
-    disk.unlink(missing_ok=True)
-    run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", backing, disk, *size])
 
 
 @dataclass(frozen=True)
@@ -629,8 +403,8 @@ def start(
             _resize(files, inst, resize)
         if accel_mode is not None:
             inst.accel_mode = accel_mode
-        _launch(state, files, inst)
-        _wait_ready(state, files, inst, timeout).close()
+        boot.launch(state, files, inst)
+        boot.wait_ready(state, files, inst, timeout).close()
         clear_creating(files)  # a create that failed is fixed by a start that gets ready
         return inst
 
@@ -668,13 +442,6 @@ def restart(
     return start(state, name, timeout, resize=resize)
 
 
-def _require_running(files: InstanceFiles, name: str) -> int:
-    pid = process.running_pid(files.pidfile, files.dir)
-    if pid is None:
-        raise StateError(f"{name!r} is not running", hint=f"start it with 'ccloudvm start {name}'")
-    return pid
-
-
 def stop(state: StateDir, name: str, timeout: float = STOP_TIMEOUT) -> None:
     """Shut the guest down politely; quit QEMU, then kill it, if the guest does not."""
     files = files_of(state, name)
@@ -710,17 +477,13 @@ def quit_instance(state: StateDir, name: str) -> None:
         ui.info(f"{name} quit")
 
 
-def _force_off(files: InstanceFiles) -> None:
-    drivers.force_off(files)
-
-
 def _discard_machine(state: StateDir, files: InstanceFiles) -> None:
     """Stop the instance's machine at once and make its driver forget it (libvirt's
     domain), before its folder goes. A damaged or missing state: the QEMU we started."""
     try:
         inst = load_state(state, files.dir.name)
     except CcloudvmError:
-        _force_off(files)
+        boot.force_off(files)
         return
     drivers.for_instance(files, inst).delete()
 
@@ -735,50 +498,3 @@ def delete(state: StateDir, name: str) -> None:
         _discard_machine(state, files)
         shutil.rmtree(files.dir)
     ui.info(f"{name} deleted")
-
-
-def connect_target(state: StateDir, name: str) -> SSHTarget:
-    """An SSH connection to a running instance."""
-    inst = load_state(state, name)
-    files = files_of(state, name)
-    _require_running(files, name)
-    return ssh_target_for(state, inst, deadline=time.monotonic() + 20)
-
-
-def ssh_argv(
-    state: StateDir, name: str, command: list[str] | None = None, *, tty: bool = False
-) -> list[str]:
-    """The system ssh command line, host key pinned: an interactive session, or `command`
-    (words ssh joins with spaces: quote them first) with a terminal if `tty`."""
-    inst = load_state(state, name)
-    files = files_of(state, name)
-    _require_running(files, name)
-    argv = [
-        require_tool("ssh"), "-F", "/dev/null",
-        "-i", str(state.private_key), "-o", "IdentitiesOnly=yes",
-        "-o", f"UserKnownHostsFile={files.known_hosts}", "-o", "StrictHostKeyChecking=yes",
-        "-o", "LogLevel=ERROR",
-        "-p", str(inst.ssh_port), f"{inst.guest_user}@{inst.host_ip}",
-    ]  # fmt: skip
-    if tty:
-        argv.insert(1, "-tt")  # asked for: a terminal even when stdin is not one
-    elif command:
-        argv.insert(1, "-T")
-    if command:
-        argv += ["--", *command]
-    return argv
-
-
-def ssh_config(state: StateDir, name: str) -> str:
-    inst = load_state(state, name)
-    files = files_of(state, name)
-    return (
-        f"Host {inst.name}\n"
-        f"  HostName {inst.host_ip}\n"
-        f"  Port {inst.ssh_port}\n"
-        f"  User {inst.guest_user}\n"
-        f"  IdentityFile {state.private_key}\n"
-        "  IdentitiesOnly yes\n"
-        f"  UserKnownHostsFile {files.known_hosts}\n"
-        "  StrictHostKeyChecking yes\n"
-    )

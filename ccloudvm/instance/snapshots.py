@@ -26,7 +26,7 @@ from ccloudvm.core import pids as process
 from ccloudvm.core import ui
 from ccloudvm.core.errors import NotFoundError, StateError, UsageError
 from ccloudvm.core.proc import run
-from ccloudvm.instance import suspend, vmstate
+from ccloudvm.instance import boot, suspend, vmstate
 from ccloudvm.state.instance_state import (
     InstanceFiles,
     InstanceState,
@@ -244,9 +244,7 @@ def restore(state: StateDir, name: str, snap: str | None = None) -> str:
             )
         started = time.monotonic()
         if running:
-            from ccloudvm.instance import lifecycle as instance
-
-            instance._force_off(files)
+            boot.force_off(files)
         if suspend.discard(files):
             ui.info(f"{name} was suspended; that saved state is discarded")
         inst.desired = "stopped"

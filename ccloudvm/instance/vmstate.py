@@ -33,6 +33,7 @@ from typing import Any
 from ccloudvm.core import pids as process
 from ccloudvm.core import ui
 from ccloudvm.core.errors import CcloudvmError, StateError
+from ccloudvm.instance import boot
 from ccloudvm.remote.ssh import SSHTarget
 from ccloudvm.state.instance_state import InstanceFiles, InstanceState, instance_lock
 from ccloudvm.state.paths import StateDir
@@ -60,13 +61,12 @@ def fingerprint(state: StateDir, files: InstanceFiles, inst: InstanceState) -> d
     """What a saved state depends on: the QEMU, the machine as the guest sees it, and the
     image's files (the kernel is loaded from the host on every start)."""
     from ccloudvm.core.proc import require_tool, run
-    from ccloudvm.instance import lifecycle as instance
     from ccloudvm.vm import warmboot
 
     qemu_bin = require_tool("qemu-system-x86_64")
     version = run([qemu_bin, "--version"]).stdout.splitlines()[0]
-    acc = instance._acceleration(state, inst)
-    machine = instance._machine(state, files, inst, acc)
+    acc = boot.acceleration(state, inst)
+    machine = boot.machine_config(state, files, inst, acc)
     return {
         "qemu": version,
         "shape": warmboot.shape_key(machine, version),
@@ -201,16 +201,15 @@ def load(
 ) -> None:
     """Start the instance's QEMU from the state saved in folder/STATE and run it. On a
     failure nothing runs and CcloudvmError says why."""
-    from ccloudvm.instance import lifecycle as instance
     from ccloudvm.vm import warmboot
 
     try:
-        instance._launch(state, files, inst, restore=warmboot.Snapshot(folder))
+        boot.launch(state, files, inst, restore=warmboot.Snapshot(folder))
     except warmboot.WarmBootFailed as exc:
-        instance._force_off(files)
+        boot.force_off(files)
         raise CcloudvmError(f"QEMU could not load {what}: {exc.message}") from exc
     except BaseException:
-        instance._force_off(files)
+        boot.force_off(files)
         raise
 
 
@@ -225,9 +224,7 @@ class GuestMounts:
 
 
 def connect(state: StateDir, inst: InstanceState, timeout: float = 60) -> SSHTarget:
-    from ccloudvm.instance import lifecycle as instance
-
-    return instance.ssh_target_for(state, inst, deadline=time.monotonic() + timeout)
+    return boot.ssh_target_for(state, inst, deadline=time.monotonic() + timeout)
 
 
 def unmount_shares(target: SSHTarget, inst: InstanceState) -> GuestMounts:

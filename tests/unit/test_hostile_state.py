@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from ccloudvm.core.errors import CcloudvmError, UsageError
+from ccloudvm.instance import boot
 from ccloudvm.instance import lifecycle as instance
 from ccloudvm.state.instance_state import files_of, instance_names, reserve_host_ip
 from ccloudvm.state.paths import StateDir
@@ -84,7 +85,7 @@ def _fake_create(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(instance, "_disk_virtual_size_gib", lambda *a: 0.0)
     monkeypatch.setattr(instance.warmboot, "fits", lambda *a: False)
     monkeypatch.setattr(instance.seed, "write_seed_iso", lambda *a, **k: None)
-    monkeypatch.setattr(instance, "_force_off", lambda *a: None)
+    monkeypatch.setattr(boot, "force_off", lambda *a: None)
 
 
 def _interrupt(*_a: Any, **_k: Any) -> None:
@@ -97,8 +98,10 @@ def test_an_interrupted_create_leaves_nothing(
 ) -> None:
     state = _state(tmp_path)
     _fake_create(monkeypatch, tmp_path)
-    owner = {"ensure_image": instance.images, "write_seed_iso": instance.seed}.get(step, instance)
-    monkeypatch.setattr(owner, step, _interrupt)
+    owner = {"ensure_image": instance.images, "write_seed_iso": instance.seed, "_wait_ready": boot}
+    monkeypatch.setattr(
+        owner.get(step, instance), step.replace("_wait_ready", "wait_ready"), _interrupt
+    )
     if step == "_wait_ready":
         monkeypatch.setattr(instance, "_first_boot", lambda *a: None)
     with pytest.raises(KeyboardInterrupt):

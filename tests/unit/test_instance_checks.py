@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from ccloudvm.instance import boot
 from ccloudvm.instance import lifecycle as instance
 from ccloudvm.state.instance_state import ImageRef, InstanceState, files_of, save_state
 from ccloudvm.state.paths import StateDir
@@ -59,8 +60,8 @@ def _instance(tmp_path: Path) -> tuple[StateDir, Any, InstanceState]:
 def _fake_boot(monkeypatch: pytest.MonkeyPatch, target: _Target) -> None:
     """The boot itself is faked: the console marker is there, SSH reaches `target`."""
     monkeypatch.setattr(ready, "wait_for_marker", lambda *a, **k: None)
-    monkeypatch.setattr(instance, "ssh_target_for", lambda *a, **k: target)
-    monkeypatch.setattr(instance.ui, "spinner", lambda *a, **k: _NullStatus())
+    monkeypatch.setattr(boot, "ssh_target_for", lambda *a, **k: target)
+    monkeypatch.setattr(boot.ui, "spinner", lambda *a, **k: _NullStatus())
 
 
 def test_cloud_init_errors_fail_the_boot_with_the_console_tail(
@@ -70,7 +71,7 @@ def test_cloud_init_errors_fail_the_boot_with_the_console_tail(
     target = _Target('{"v1": {"errors": ["(\'scripts_user\', RuntimeError(\'runcmd failed\'))"]}}')
     _fake_boot(monkeypatch, target)
     with pytest.raises(ready.BootFailed) as failed:
-        instance._wait_ready(state, files, inst, timeout=5)
+        boot.wait_ready(state, files, inst, timeout=5)
     message = str(failed.value)
     assert "cloud-init reported errors in 'dev'" in message and "scripts_user" in message
     assert "module runcmd failed" in message, "the console's last lines belong in the error"
@@ -84,7 +85,7 @@ def test_a_clean_boot_returns_the_connection(
     state, files, inst = _instance(tmp_path)
     target = _Target('{"v1": {"errors": []}}')
     _fake_boot(monkeypatch, target)
-    assert instance._wait_ready(state, files, inst, timeout=5) is target
+    assert boot.wait_ready(state, files, inst, timeout=5) is target
     assert not target.closed
 
 

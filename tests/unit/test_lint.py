@@ -48,7 +48,7 @@ MAX_MODULE_LINES = 400
 # size today, and the test fails if it grows or once it is paid (then remove the entry).
 OVER_LIMIT = {
     "ccloudvm/vm/warmboot.py": 415,
-    "ccloudvm/instance/lifecycle.py": 784,
+    "ccloudvm/instance/lifecycle.py": 500,
 }
 
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from ccloudvm.core.errors import NotFoundError, StateError, UsageError
+from ccloudvm.instance import boot, snapshots, suspend, vmstate
 from ccloudvm.instance import lifecycle as instance
-from ccloudvm.instance import snapshots, suspend, vmstate
 from ccloudvm.instance.status import status
 from ccloudvm.state.instance_state import (
     ImageRef,
@@ -283,7 +283,7 @@ def test_a_start_on_another_ssh_port_pins_the_host_key_there(
         drivers, "run", lambda argv, check=True: subprocess.CompletedProcess(argv, 0, "", "")
     )
     try:
-        instance._launch(state, files, inst, Acceleration("tcg", False, "test"))
+        boot.launch(state, files, inst, Acceleration("tcg", False, "test"))
     finally:
         taken.close()
     assert f"[127.0.0.1]:{inst.ssh_port} ssh-ed25519 " in files.known_hosts.read_text()

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from ccloudvm.core.errors import StateError
-from ccloudvm.instance import lifecycle as instance
+from ccloudvm.instance import access
 from ccloudvm.state.instance_state import ImageRef, InstanceFiles, InstanceState, save_state
 from ccloudvm.state.paths import StateDir
 
@@ -79,24 +79,24 @@ def _assert_pinned_and_ours_only(config: dict[str, list[str]], state: StateDir) 
 
 
 def test_connect_pins_the_host_key_and_uses_only_our_key(state: StateDir, running: None) -> None:
-    argv = instance.ssh_argv(state, "dev")
+    argv = access.ssh_argv(state, "dev")
     assert not any("StrictHostKeyChecking=no" in arg for arg in argv)
     _assert_pinned_and_ours_only(_resolved(argv), state)
 
 
 def test_connect_with_a_command_passes_it_after_the_options(state: StateDir, running: None) -> None:
-    argv = instance.ssh_argv(state, "dev", ["uname", "-a"])
+    argv = access.ssh_argv(state, "dev", ["uname", "-a"])
     assert argv[-4:] == ["ccloudvm@127.77.0.2", "--", "uname", "-a"]
 
 
 def test_connect_to_a_stopped_instance_says_how_to_start_it(state: StateDir) -> None:
     with pytest.raises(StateError, match="'dev' is not running") as info:
-        instance.ssh_argv(state, "dev")
+        access.ssh_argv(state, "dev")
     assert info.value.hint == "start it with 'ccloudvm start dev'"
 
 
 def test_ssh_config_stanza_is_what_ssh_reads(state: StateDir, tmp_path: Path) -> None:
-    stanza = instance.ssh_config(state, "dev")
+    stanza = access.ssh_config(state, "dev")
     assert "StrictHostKeyChecking no" not in stanza
     config_file = tmp_path / "ssh_config"
     config_file.write_text(stanza)

@@ -17,6 +17,7 @@ import pytest
 
 from ccloudvm.app import workflow
 from ccloudvm.cli.main import main
+from ccloudvm.instance import access
 from ccloudvm.instance import lifecycle as instance
 from ccloudvm.remote.local import LocalTarget
 from ccloudvm.state.instance_state import ImageRef, InstanceState, files_of, load_state, save_state
@@ -52,7 +53,7 @@ def fake_vm(monkeypatch: pytest.MonkeyPatch, state: StateDir) -> list[instance.C
 
     monkeypatch.setattr(instance, "create", create)
     monkeypatch.setattr(
-        instance, "connect_target", lambda st, name: contextlib.nullcontext(LocalTarget(name))
+        access, "connect_target", lambda st, name: contextlib.nullcontext(LocalTarget(name))
     )
     return made
 
