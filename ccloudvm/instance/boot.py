@@ -22,6 +22,7 @@ from ccloudvm.state.instance_state import (
 )
 from ccloudvm.state.paths import StateDir
 from ccloudvm.vm import accel, drivers, qemu, ready, warmboot
+from ccloudvm.vm.machine import LaunchFailed
 
 
 def machine_config(
@@ -103,7 +104,7 @@ def launch(
     save_state(files, inst)
     try:
         driver.start()
-    except drivers.LaunchFailed:
+    except LaunchFailed:
         inst.desired = "stopped"
         save_state(files, inst)
         raise

@@ -64,7 +64,7 @@ def suspend(state: StateDir, name: str) -> None:
                     except BaseException:
                         vmstate.remount_shares(target, mounts)
                         raise
-                vmstate.wait_quit(files, pid)
+                vmstate.wait_quit(files)
             vmstate.write_meta(
                 tmp / META,
                 {

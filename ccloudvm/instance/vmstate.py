@@ -21,7 +21,6 @@ says what changed.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -30,13 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ccloudvm.core import pids as process
 from ccloudvm.core import ui
 from ccloudvm.core.errors import CcloudvmError, StateError
 from ccloudvm.instance import boot
 from ccloudvm.remote.ssh import SSHTarget
 from ccloudvm.state.instance_state import InstanceFiles, InstanceState, instance_lock
 from ccloudvm.state.paths import StateDir
+from ccloudvm.vm.machine import Machine
 
 STATE = "state.bin"
 SAVE_TIMEOUT = 900.0  # a large guest's memory under emulation takes its time
@@ -118,6 +117,8 @@ async def save_conversation(client: Any, fd: int, *, disk_snapshot: str | None, 
     and removes the disk snapshot made, so the instance runs on unchanged."""
     from qemu.qmp import ExecInterruptedError, ExecuteError
 
+    from ccloudvm.vm import qmp
+
     await client.execute("stop")
     made = False
     try:
@@ -131,7 +132,9 @@ async def save_conversation(client: Any, fd: int, *, disk_snapshot: str | None, 
         client.send_fd_scm(fd)
         await client.execute("getfd", {"fdname": _FD_NAME})
         await client.execute("migrate", {"uri": f"fd:{_FD_NAME}"})
-        await wait_migration(client)
+        await qmp.wait_migration(
+            client, what="saving the state", timeout=SAVE_TIMEOUT, error=SaveFailed
+        )
     except BaseException as exc:
         with contextlib.suppress(Exception):
             if made:
@@ -150,23 +153,6 @@ async def save_conversation(client: Any, fd: int, *, disk_snapshot: str | None, 
     else:
         # After a migration QEMU has let go of the disk; "cont" takes it back and runs.
         await client.execute("cont")
-
-
-async def wait_migration(client: Any, timeout: float = SAVE_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        reply = await client.execute("query-migrate")
-        info: dict[str, Any] = reply if isinstance(reply, dict) else {}
-        status = info.get("status")
-        if status == "completed":
-            return
-        if status in ("failed", "cancelled"):
-            raise SaveFailed(f"saving the state failed: {info.get('error-desc', status)}")
-        if time.monotonic() > deadline:
-            with contextlib.suppress(Exception):
-                await client.execute("migrate_cancel")
-            raise SaveFailed(f"saving the state did not finish in {timeout:.0f} s")
-        await asyncio.sleep(0.05)
 
 
 def save(files: InstanceFiles, out: Path, *, disk_snapshot: str | None, then: str) -> None:
@@ -189,11 +175,9 @@ def save(files: InstanceFiles, out: Path, *, disk_snapshot: str | None, then: st
             raise SaveFailed(exc.message) from exc
 
 
-def wait_quit(files: InstanceFiles, pid: int) -> None:
+def wait_quit(files: InstanceFiles) -> None:
     """QEMU quits after a save for suspend; make sure it is gone."""
-    if not process.wait_gone(pid, files.dir, 30):
-        process.kill(pid, files.dir)
-    files.qmp.unlink(missing_ok=True)
+    Machine.of_instance(files).wait(30)
 
 
 def load(

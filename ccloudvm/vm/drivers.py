@@ -8,26 +8,19 @@ console log and the forwarded SSH endpoint are the instance's under both drivers
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from ccloudvm.core import pids as process
-from ccloudvm.core import ui
-from ccloudvm.core.errors import CcloudvmError, UsageError
-from ccloudvm.core.proc import require_tool, run
+from ccloudvm.core.errors import UsageError
 from ccloudvm.state.instance_state import InstanceFiles, InstanceState
 from ccloudvm.vm import qemu
+from ccloudvm.vm.machine import Machine
 
 if TYPE_CHECKING:
     from ccloudvm.vm import warmboot
 
 NAMES = ("qemu", "libvirt")
 DEFAULT_LIBVIRT_URI = "qemu:///session"
-
-
-class LaunchFailed(CcloudvmError):
-    """The machine did not start at all (nothing runs)."""
 
 
 class Driver(Protocol):
@@ -79,42 +72,36 @@ def for_instance(files: InstanceFiles, inst: InstanceState) -> Driver:
 
 
 class QemuDriver:
-    """QEMU started by us, daemonized, found by its pid file, driven over QMP."""
+    """QEMU started by us (a vm.machine.Machine), daemonized, found by its pid file,
+    driven over QMP."""
 
     def __init__(self, files: InstanceFiles, inst: InstanceState) -> None:
         self.files = files
         self.inst = inst
-        self._argv: list[str] = []
+        self._machine = Machine.of_instance(files, inst.name)
         self._restore: warmboot.Snapshot | None = None
 
     def define(self, machine: qemu.MachineConfig, restore: warmboot.Snapshot | None = None) -> None:
-        self._argv = qemu.command_line(require_tool("qemu-system-x86_64"), machine)
-        if restore is not None:
-            self._argv += ["-incoming", "defer"]
+        self._machine = Machine.configure(machine, incoming=restore is not None)
         self._restore = restore
 
     def start(self) -> None:
-        result = run(self._argv, check=False)
-        if result.returncode != 0:
-            reason = (result.stdout or "").strip().splitlines()
-            raise LaunchFailed(
-                f"QEMU failed to start {self.inst.name!r}: {reason[-1] if reason else 'no output'}",
-                hint="run with --debug to see the QEMU command line",
-            )
+        self._machine.launch()
         self.files.qmp.parent.chmod(0o700)
         if self._restore is not None:
             from ccloudvm.vm import warmboot
 
-            warmboot.restore(self.files.qmp, self._restore, self.inst.disk_gib * 2**30)
-
-    def _pid(self) -> int | None:
-        return process.running_pid(self.files.pidfile, self.files.dir)
+            try:
+                warmboot.restore(self.files.qmp, self._restore, self.inst.disk_gib * 2**30)
+            except BaseException:
+                self._machine.hard_shutdown()  # a QEMU waiting for a state that never came
+                raise
 
     def is_running(self) -> bool:
-        return self._pid() is not None
+        return self._machine.is_running()
 
     def status(self) -> str:
-        if self._pid() is None:
+        if not self._machine.is_running():
             return "stopped"
         from ccloudvm.vm import qmp  # asyncio and qemu.qmp: only when QEMU is there to ask
 
@@ -124,25 +111,13 @@ class QemuDriver:
             return "unknown"
 
     def stop(self, timeout: float) -> None:
-        from ccloudvm.vm import qmp
-
-        pid = self._pid()
-        if pid is None:
-            return
-        with contextlib.suppress(qmp.QMPUnavailable):
-            qmp.system_powerdown(self.files.qmp)
-        if not process.wait_gone(pid, self.files.dir, timeout):
-            ui.warn(f"{self.inst.name} did not power off within {timeout:.0f} s; quitting QEMU")
-            qmp.quit(self.files.qmp)
-            if not process.wait_gone(pid, self.files.dir, 10):
-                process.kill(pid, self.files.dir)
-        self.files.qmp.unlink(missing_ok=True)
+        self._machine.soft_shutdown(timeout)
 
     def quit(self) -> None:
-        force_off(self.files)
+        self._machine.hard_shutdown()
 
     def delete(self) -> None:
-        force_off(self.files)
+        self._machine.hard_shutdown()
 
     @property
     def console_log(self) -> Path:
@@ -155,12 +130,4 @@ class QemuDriver:
 def force_off(files: InstanceFiles) -> None:
     """Quit the QEMU we started for the instance in `files`, if it runs (kill it if QMP
     does not answer). Needs no state: also for an instance whose state is damaged."""
-    pid = process.running_pid(files.pidfile, files.dir)
-    if pid is None:
-        return
-    from ccloudvm.vm import qmp
-
-    qmp.quit(files.qmp)
-    if not process.wait_gone(pid, files.dir, 10):
-        process.kill(pid, files.dir)
-    files.qmp.unlink(missing_ok=True)
+    Machine.of_instance(files).hard_shutdown()

@@ -22,8 +22,8 @@ from ccloudvm.core.errors import CcloudvmError, UsageError
 from ccloudvm.core.proc import find_program
 from ccloudvm.state.instance_state import InstanceFiles, InstanceState
 from ccloudvm.vm import qemu
-from ccloudvm.vm.drivers import LaunchFailed
 from ccloudvm.vm.libvirt_xml import domain_xml, owner_of
+from ccloudvm.vm.machine import LaunchFailed
 
 if TYPE_CHECKING:
     from ccloudvm.vm import warmboot

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -96,3 +97,29 @@ def quit(socket: Path) -> None:  # noqa: A001 - QMP's own name for it
     # QEMU closes the socket as it exits; a lost answer to "quit" is success.
     with contextlib.suppress(QMPUnavailable):
         execute(socket, "quit")
+
+
+async def wait_migration(
+    client: QMPClient,
+    *,
+    what: str,
+    timeout: float,
+    error: type[CcloudvmError] = CcloudvmError,
+) -> None:
+    """Wait until the migration QEMU runs (a state saved to a file, or loaded from one)
+    completes; `error` says "`what` failed: QEMU's reason", or that it did not finish in
+    `timeout` (then it is cancelled)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        reply = await client.execute("query-migrate")
+        info: dict[str, Any] = reply if isinstance(reply, dict) else {}
+        status = info.get("status")
+        if status == "completed":
+            return
+        if status in ("failed", "cancelled"):
+            raise error(f"{what} failed: {info.get('error-desc', status)}")
+        if time.monotonic() > deadline:
+            with contextlib.suppress(Exception):
+                await client.execute("migrate_cancel")
+            raise error(f"{what} did not finish in {timeout:.0f} s")
+        await asyncio.sleep(0.05)

@@ -24,7 +24,6 @@ is an overlay on the image's disk; instance overlays are backed by it.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import hashlib
@@ -35,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +51,7 @@ from ccloudvm.state import paths
 from ccloudvm.state.instance_state import pick_ssh_port
 from ccloudvm.state.paths import StateDir
 from ccloudvm.vm import qemu, qmp, ready
+from ccloudvm.vm.machine import LaunchFailed, Machine
 
 # Printed by the image's cloud-init unit (images/debian-12.yaml) when it waits for a seed.
 WAITING_MARKER = "CCLOUDVM-WARM-WAITING"
@@ -310,15 +310,19 @@ def _boot_and_save(
         pidfile=tmp / "qemu.pid",
     )
     with (
-        _running(cfg, qemu_bin) as alive,
+        Machine.configure(cfg, qemu_bin=qemu_bin) as machine,
         ui.spinner(
             f"Booting {image.name} once for a warm-boot snapshot ({cfg.mem_mib} MiB, {cfg.cpus} "
             "CPUs; later creates of this size start from it)"
         ) as status,
     ):
+        try:
+            machine.launch()
+        except LaunchFailed as exc:
+            raise WarmBootFailed(f"QEMU refused the snapshot boot: {exc.reason}") from exc
         ready.wait_for_marker(
             cfg.serial_log, marker=WAITING_MARKER,
-            deadline=time.monotonic() + SNAPSHOT_TIMEOUT, is_alive=alive,
+            deadline=time.monotonic() + SNAPSHOT_TIMEOUT, is_alive=machine.is_running,
             on_stage=ready.report_stage(status), name=f"the {image.name} snapshot boot",
         )  # fmt: skip
         status.update("saving the snapshot")
@@ -327,28 +331,6 @@ def _boot_and_save(
             _qmp(cfg.qmp_socket, _save_commands(out.fileno()))
     blank_seed.unlink()
     return cfg
-
-
-@contextlib.contextmanager
-def _running(cfg: qemu.MachineConfig, qemu_bin: str) -> Iterator[Any]:
-    """QEMU for the snapshot boot; gone when the block ends, however it ends."""
-    result = run(qemu.command_line(qemu_bin, cfg), check=False)
-    if result.returncode != 0:
-        lines = (result.stdout or "").strip().splitlines()
-        raise WarmBootFailed(f"QEMU refused the snapshot boot: {lines[-1] if lines else '?'}")
-
-    def alive() -> bool:
-        return process.running_pid(cfg.pidfile, cfg.pidfile.parent) is not None
-
-    try:
-        yield alive
-    finally:
-        pid = process.running_pid(cfg.pidfile, cfg.pidfile.parent)
-        if pid is not None:
-            with contextlib.suppress(Exception):
-                qmp.quit(cfg.qmp_socket)
-            if not process.wait_gone(pid, cfg.pidfile.parent, 10):
-                process.kill(pid, cfg.pidfile.parent)
 
 
 # ---------------------------------------------------------------- QMP conversations
@@ -365,25 +347,12 @@ async def _save(client: QMPClient, fd: int) -> None:
     client.send_fd_scm(fd)
     await client.execute("getfd", {"fdname": "snapshot"})
     await client.execute("migrate", {"uri": "fd:snapshot"})
-    await _wait_migration(client, "saving")
+    await qmp.wait_migration(
+        client, what="saving the snapshot", timeout=RESTORE_TIMEOUT, error=WarmBootFailed
+    )
     # The state is saved; QEMU may close the monitor before it answers "quit".
     with contextlib.suppress(ExecInterruptedError):
         await client.execute("quit")
-
-
-async def _wait_migration(client: QMPClient, doing: str) -> None:
-    deadline = time.monotonic() + RESTORE_TIMEOUT
-    while True:
-        reply = await client.execute("query-migrate")
-        info: dict[str, Any] = reply if isinstance(reply, dict) else {}
-        status = info.get("status")
-        if status == "completed":
-            return
-        if status in ("failed", "cancelled"):
-            raise WarmBootFailed(f"{doing} the snapshot failed: {info.get('error-desc', status)}")
-        if time.monotonic() > deadline:
-            raise WarmBootFailed(f"{doing} the snapshot did not finish in time")
-        await asyncio.sleep(0.05)
 
 
 def _qmp(socket: Path, conversation: Any, timeout: float = 180) -> None:
@@ -403,7 +372,9 @@ def restore(qmp_socket: Path, snapshot: Snapshot, disk_bytes: int) -> None:
         client.send_fd_scm(fd)
         await client.execute("getfd", {"fdname": "snapshot"})
         await client.execute("migrate-incoming", {"uri": "fd:snapshot"})
-        await _wait_migration(client, "loading")
+        await qmp.wait_migration(
+            client, what="loading the snapshot", timeout=RESTORE_TIMEOUT, error=WarmBootFailed
+        )
         # The guest saw the image's disk size when the snapshot was taken; resizing now
         # tells it the instance's size, in time for cloud-init's resize_rootfs.
         await client.execute("block_resize", {"device": "disk", "size": disk_bytes})

@@ -27,7 +27,7 @@ from ccloudvm.state.instance_state import (
     save_state,
 )
 from ccloudvm.state.paths import StateDir
-from ccloudvm.vm import drivers
+from ccloudvm.vm import machine
 from ccloudvm.vm.accel import Acceleration
 
 
@@ -277,10 +277,10 @@ def test_a_start_on_another_ssh_port_pins_the_host_key_there(
     taken.listen()
     inst = load_state(state, "dev")
     inst.host_ip, inst.ssh_port = "127.0.0.1", taken.getsockname()[1]
-    # QEMU itself stands in: the driver "starts" it (the seam is ccloudvm.vm.drivers).
-    monkeypatch.setattr(drivers, "require_tool", lambda name: name)
+    # QEMU itself stands in: the driver "starts" it (the seam is ccloudvm.vm.machine).
+    monkeypatch.setattr(machine, "require_tool", lambda name: name)
     monkeypatch.setattr(
-        drivers, "run", lambda argv, check=True: subprocess.CompletedProcess(argv, 0, "", "")
+        machine, "run", lambda argv, check=True: subprocess.CompletedProcess(argv, 0, "", "")
     )
     try:
         boot.launch(state, files, inst, Acceleration("tcg", False, "test"))
