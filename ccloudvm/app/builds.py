@@ -83,7 +83,7 @@ def save_instance(
     """Turn stopped instance `name` into the reusable image `image_name`."""
     inst = load_state(state, name)
     files = files_of(state, name)
-    if instance_status(state, name)["state"] not in ("stopped", "crashed"):
+    if instance_status(state, name).state not in ("stopped", "crashed"):
         raise StateError(
             f"{name!r} is running; an image must be saved from a stopped instance",
             hint=f"run 'ccloudvm stop {name}' first",

@@ -52,7 +52,7 @@ def instances_command(fmt: str | None, as_json: bool, quiet: bool) -> None:
     rows = []
     for name in names:
         try:
-            rows.append(status_of(state, name))
+            rows.append(status_of(state, name).as_dict())
         except CcloudvmError as exc:  # one damaged instance must not hide the others
             ui.warn(str(exc))
     if not rows and chosen == "table":
@@ -80,7 +80,7 @@ def status(name: str | None, fmt: str | None, as_json: bool) -> None:
     from ccloudvm.instance.status import status as status_of
 
     chosen = formats.choose(fmt, as_json)
-    data = status_of(state_dir(), pick_instance(name))
+    data = status_of(state_dir(), pick_instance(name)).as_dict()
     click.echo(formats.render_record(data, chosen), nl=False)
     if chosen == "table" and data["state"] == "crashed":
         ui.warn(

@@ -6,6 +6,8 @@ start fast (issue 10): QMP (asyncio) is loaded only when a QEMU is there to ask.
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
 from ccloudvm.core import pids as process
@@ -13,7 +15,32 @@ from ccloudvm.state.instance_state import InstanceFiles, creation, files_of, loa
 from ccloudvm.state.paths import StateDir
 
 
-def status(state: StateDir, name: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class InstanceStatus:
+    """One instance as `status` and `instances` show it (as_dict: the fields in order)."""
+
+    name: str
+    state: str  # running, paused, stopped, crashed, suspended, creating, failed, ...
+    pid: int | None
+    workload: str
+    image: str
+    mem_mib: int
+    cpus: int
+    disk_gib: int
+    accel: str
+    driver: str
+    boot: str  # how it first booted: from a warm-boot snapshot of its image, or cold
+    ssh: str
+    ports: list[str]
+    mounts: list[str]
+    proxy: str
+    directory: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def status(state: StateDir, name: str) -> InstanceStatus:
     files = files_of(state, name)
     making = creation(files)
     if making is not None and not files.state.exists():
@@ -30,31 +57,30 @@ def status(state: StateDir, name: str) -> dict[str, Any]:
         from ccloudvm.vm import drivers  # QMP (asyncio) or libvirt: only when there is a machine
 
         run_state = drivers.for_instance(files, inst).status()
-    return {
-        "name": inst.name,
-        "state": run_state,
-        "pid": pid,
-        "workload": inst.workload,
-        "image": inst.image.name,
-        "mem_mib": inst.mem_mib,
-        "cpus": inst.cpus,
-        "disk_gib": inst.disk_gib,
-        "accel": inst.accel_used,
-        "driver": f"libvirt {inst.connect}" if inst.driver == "libvirt" else inst.driver,
-        # How it first booted: from a warm-boot snapshot of its image, or cold.
-        "boot": "warm" if inst.warm_snapshot else "cold",
-        "ssh": f"{inst.guest_user}@{inst.host_ip}:{inst.ssh_port}",
-        "ports": [p.endpoint() for p in inst.port_specs()],
-        "mounts": [f"{m.host_path}->{m.guest_path}" for m in inst.mount_specs()],
-        "proxy": inst.proxy or "-",
-        "directory": str(files.dir),
-    }
+    return InstanceStatus(
+        name=inst.name,
+        state=run_state,
+        pid=pid,
+        workload=inst.workload,
+        image=inst.image.name,
+        mem_mib=inst.mem_mib,
+        cpus=inst.cpus,
+        disk_gib=inst.disk_gib,
+        accel=inst.accel_used,
+        driver=f"libvirt {inst.connect}" if inst.driver == "libvirt" else inst.driver,
+        boot="warm" if inst.warm_snapshot else "cold",
+        ssh=f"{inst.guest_user}@{inst.host_ip}:{inst.ssh_port}",
+        ports=[p.endpoint() for p in inst.port_specs()],
+        mounts=[f"{m.host_path}->{m.guest_path}" for m in inst.mount_specs()],
+        proxy=inst.proxy or "-",
+        directory=str(files.dir),
+    )
 
 
-def _early_status(name: str, making: str, files: InstanceFiles) -> dict[str, Any]:
+def _early_status(name: str, making: str, files: InstanceFiles) -> InstanceStatus:
     """The row of an instance whose create has not written its state yet."""
-    return {
-        "name": name, "state": making, "pid": None, "workload": "-", "image": "-",
-        "mem_mib": 0, "cpus": 0, "disk_gib": 0, "accel": "", "driver": "-", "boot": "-", "ssh": "-",
-        "ports": [], "mounts": [], "proxy": "-", "directory": str(files.dir),
-    }  # fmt: skip
+    return InstanceStatus(
+        name=name, state=making, pid=None, workload="-", image="-", mem_mib=0, cpus=0,
+        disk_gib=0, accel="", driver="-", boot="-", ssh="-", ports=[], mounts=[], proxy="-",
+        directory=str(files.dir),
+    )  # fmt: skip

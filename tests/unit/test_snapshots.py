@@ -89,7 +89,7 @@ def test_a_stopped_instance_is_snapshotted_disk_only_and_restored(
 
     snapshots.restore(state, "dev", "before")
     assert _holds(files.disk, 0xAA)
-    assert status(state, "dev")["state"] == "stopped"
+    assert status(state, "dev").state == "stopped"
 
     snapshots.remove(state, "dev", "before")
     assert _internal(files.disk) == [] and snapshots.list_snapshots(state, "dev") == []
@@ -176,9 +176,9 @@ def test_a_suspended_instance_shows_suspended_and_stop_discards_its_state(
 ) -> None:
     state, files = stopped
     _suspend_by_hand(files, {})
-    assert status(state, "dev")["state"] == "suspended"
+    assert status(state, "dev").state == "suspended"
     instance.stop(state, "dev")
-    assert status(state, "dev")["state"] == "stopped"
+    assert status(state, "dev").state == "stopped"
     assert not files.suspended.exists()
 
 
@@ -199,7 +199,7 @@ def test_resume_refuses_a_changed_qemu_and_leaves_the_instance_suspended(
             action(state, "dev")
         assert "'ccloudvm stop dev' discards the saved state" in str(info.value.hint)
     assert files.state.read_text() == before
-    assert status(state, "dev")["state"] == "suspended"
+    assert status(state, "dev").state == "suspended"
 
 
 def test_a_snapshot_of_a_suspended_instance_keeps_its_memory(
@@ -212,7 +212,7 @@ def test_a_snapshot_of_a_suspended_instance_keeps_its_memory(
     assert row["kind"] == "memory+disk"
     copied = files.snapshots / "asleep" / vmstate.STATE
     assert copied.read_bytes() == (files.suspended / vmstate.STATE).read_bytes()
-    assert status(state, "dev")["state"] == "suspended", "a snapshot leaves it suspended"
+    assert status(state, "dev").state == "suspended", "a snapshot leaves it suspended"
 
 
 def test_resume_of_an_instance_that_is_not_suspended_says_how_to_start_it(
