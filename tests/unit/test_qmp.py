@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from ccloudvm.core.errors import CcloudvmError
 from ccloudvm.vm import qmp
 
 GREETING = {
@@ -219,3 +220,38 @@ def test_an_error_without_a_message_still_names_itself(monitor: FakeMonitor) -> 
 
     with pytest.raises(qmp.QMPUnavailable, match="failed: EOFError$"):
         qmp.converse(monitor.path, fails_silently, what="warm boot")
+
+
+class _Failed(CcloudvmError):
+    pass
+
+
+def _wait(fake: FakeMonitor, timeout: float = 5.0) -> None:
+    async def conversation(client: Any) -> None:
+        await qmp.wait_migration(client, what="saving the state", timeout=timeout, error=_Failed)
+
+    try:
+        qmp.converse(fake.path, conversation)
+    finally:
+        fake.close()
+
+
+def test_wait_migration_returns_when_the_migration_completed(tmp_path: Path) -> None:
+    fake = FakeMonitor(tmp_path / "qmp.sock", answers={"query-migrate": {"status": "completed"}})
+    _wait(fake)
+    assert fake.commands == ["query-migrate"]
+
+
+def test_a_failed_migration_says_qemus_reason(tmp_path: Path) -> None:
+    failed = {"status": "failed", "error-desc": "No space left on device"}
+    fake = FakeMonitor(tmp_path / "qmp.sock", answers={"query-migrate": failed})
+    with pytest.raises(_Failed, match="^saving the state failed: No space left on device$"):
+        _wait(fake)
+
+
+def test_a_migration_that_does_not_finish_is_cancelled(tmp_path: Path) -> None:
+    answers = {"query-migrate": {"status": "active"}, "migrate_cancel": {}}
+    fake = FakeMonitor(tmp_path / "qmp.sock", answers=answers)
+    with pytest.raises(_Failed, match="^saving the state did not finish in 0 s$"):
+        _wait(fake, timeout=0.2)
+    assert fake.commands[-1] == "migrate_cancel" and set(fake.commands[:-1]) == {"query-migrate"}
