@@ -205,16 +205,32 @@ def test_the_qemu_driver_quits_at_once(folder: Path, how: str) -> None:
     assert _commands(folder) == ["quit"]
 
 
-def test_a_warm_start_whose_snapshot_does_not_load_leaves_nothing_running(
-    folder: Path,
-) -> None:
+def test_a_warm_start_loads_the_snapshot_and_runs_on(folder: Path) -> None:
     files = InstanceFiles(folder)
     snapshot = warmboot.Snapshot(folder / "snapshot")
     snapshot.directory.mkdir()
     snapshot.state_file.write_bytes(b"QEVM")
     driver = drivers.for_instance(files, _instance())
     driver.define(_config(folder), restore=snapshot)
-    with pytest.raises(warmboot.WarmBootFailed, match="getfd"):
+    driver.start()
+    assert driver.is_running()
+    assert _commands(folder) == [
+        "getfd", "migrate-incoming", "query-migrate", "block_resize", "cont",
+    ]  # fmt: skip
+    driver.quit()
+
+
+def test_a_warm_start_whose_snapshot_does_not_load_leaves_nothing_running(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_QEMU", "bad-state")
+    files = InstanceFiles(folder)
+    snapshot = warmboot.Snapshot(folder / "snapshot")
+    snapshot.directory.mkdir()
+    snapshot.state_file.write_bytes(b"QEVM")
+    driver = drivers.for_instance(files, _instance())
+    driver.define(_config(folder), restore=snapshot)
+    with pytest.raises(warmboot.WarmBootFailed, match="^loading the snapshot failed: load of"):
         driver.start()
     assert not driver.is_running()
-    assert _commands(folder) == ["getfd", "quit"]
+    assert _commands(folder) == ["getfd", "migrate-incoming", "query-migrate", "quit"]
