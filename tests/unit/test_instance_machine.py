@@ -230,3 +230,35 @@ def test_snapshot_later_starts_a_background_job_only_when_one_is_missing(
     inst.image = warm.image_ref(image)
     warm.snapshot_later(state, inst)
     assert [a[2] for a in started] == [["--mem", "512", "--cpus", "1", "--accel", "tcg"]]
+
+
+def test_a_snapshot_made_after_a_save_serves_the_instance_shape(
+    state: StateDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(warmboot, "SNAPSHOT_MIN_BYTES", 0)
+    monkeypatch.setattr(warmboot, "start_in_background", lambda *a: pytest.fail("made already"))
+    image = _image(state)
+    monkeypatch.setattr(warm.images, "find_cached", lambda *a: image)
+    inst = load_state(state, "dev")
+    warm.prepare_warm_boot(state, inst, image)
+    assert warmboot.snapshots_of(state, image) == [], "no mount slots: it never starts warm"
+    inst.mount_slots, inst.image = warmboot.MOUNT_SLOTS, warm.image_ref(image)
+    warm.prepare_warm_boot(state, inst, image)
+    [snapshot] = warmboot.snapshots_of(state, image)
+    warm.snapshot_later(state, inst)  # its shape has one now: nothing to make
+
+    files = files_of(state, "dev")
+    warm.make_overlay(files.disk, snapshot.disk, 8, snapshot)
+    info = run(["qemu-img", "info", "-U", files.disk]).stdout
+    assert str(snapshot.disk) in info and "64 MiB" in info, "the size the guest saw, for now"
+    warm.make_overlay(files.disk, image.disk, 8, None)
+    assert "8 GiB" in run(["qemu-img", "info", "-U", files.disk]).stdout
+
+    inst.warm_snapshot = str(snapshot.directory)
+    save_state(files, inst)
+    warm.discard_unless_used(state, snapshot)
+    assert snapshot.directory.is_dir(), "it backs an instance's disk"
+    inst.warm_snapshot = None
+    save_state(files, inst)
+    warm.discard_unless_used(state, snapshot)
+    assert not snapshot.directory.exists()
