@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from ccloudvm.core import pids as process
-from ccloudvm.core.errors import StateError
+from ccloudvm.core.errors import StateError, UsageError
 from ccloudvm.core.proc import run
 from ccloudvm.images.catalog import BaseImage
 from ccloudvm.instance import access, boot, lifecycle, suspend, vmstate, warm
@@ -262,3 +262,18 @@ def test_a_snapshot_made_after_a_save_serves_the_instance_shape(
     save_state(files, inst)
     warm.discard_unless_used(state, snapshot)
     assert not snapshot.directory.exists()
+
+
+def test_start_applies_new_sizes_and_accelerator_choice(state: StateDir) -> None:
+    files = files_of(state, "dev")
+    run(["qemu-img", "create", "-q", "-f", "qcow2", files.disk, "8G"])
+    lifecycle.start(state, "dev", accel_mode="tcg", resize=lifecycle.Resize(mem_mib=640))
+    inst = load_state(state, "dev")
+    assert (inst.mem_mib, inst.accel_mode, status(state, "dev").state) == (640, "tcg", "running")
+    lifecycle.quit_instance(state, "dev")
+
+
+def test_delete_of_a_missing_instance_names_the_list(state: StateDir) -> None:
+    with pytest.raises(UsageError, match="no instance named 'ghost'") as missing:
+        lifecycle.delete(state, "ghost")
+    assert "ccloudvm instances" in (missing.value.hint or "")
