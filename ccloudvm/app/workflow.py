@@ -18,7 +18,8 @@ from ccloudvm.core.hostinfo import host_user
 from ccloudvm.core.specs import MountSpec, PortSpec
 from ccloudvm.guest import proxy
 from ccloudvm.instance import access, warm
-from ccloudvm.instance import lifecycle as instance
+from ccloudvm.instance import create as instance_create
+from ccloudvm.instance.checks import CreateRequest
 from ccloudvm.remote.target import OutputSink
 from ccloudvm.state.instance_state import (
     InstanceState,
@@ -134,7 +135,7 @@ def _first(flag: int | None, workload_value: int | None) -> int | None:
 
 def build_request(
     state: StateDir, ref: str, options: CreateOptions
-) -> tuple[instance.CreateRequest, Workload]:
+) -> tuple[CreateRequest, Workload]:
     taken = set(instance_names(state))
     name = validate_name(options.name) if options.name else random_name(taken)
     workload = resolve(state, ref, name, propagate_proxy=options.propagate_proxy,
@@ -144,7 +145,7 @@ def build_request(
         f"{escape(d.path)},format={d.format}" + (f",{d.options}" if d.options else "")
         for d in workload.vm.drives
     ]
-    request = instance.CreateRequest(
+    request = CreateRequest(
         workload=workload.name,
         image=options.image or workload.image,
         name=name,
@@ -170,7 +171,7 @@ def build_request(
     return request, workload
 
 
-def _preflight(state: StateDir, request: instance.CreateRequest, workload: Workload) -> None:
+def _preflight(state: StateDir, request: CreateRequest, workload: Workload) -> None:
     """The checks that can be made before anything is made on the host (instance.create
     makes the rest, and a failure there removes the mount folders made for it)."""
     from ccloudvm.images import catalog as images
@@ -213,7 +214,7 @@ def _create(
     state: StateDir,
     ref: str,
     options: CreateOptions,
-    request: instance.CreateRequest,
+    request: CreateRequest,
     workload: Workload,
 ) -> InstanceState:
     reused = _saved_build(state, ref, workload) if options.use_cache and not options.image else None
@@ -224,7 +225,7 @@ def _create(
     # Only the workload's folders are made (a --mount of a missing folder is an error).
     made = _make_mount_folders([m for m in request.mounts if m in workload.vm.mounts])
     try:
-        inst = instance.create(state, request)
+        inst = instance_create.create(state, request)
     except BaseException:
         _remove_folders(made)
         raise

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from ccloudvm.core import ui
+from ccloudvm.instance.checks import _check_ports
 from ccloudvm.remote.ssh import SSHTarget, known_hosts_line, wait_for_ssh
 from ccloudvm.state.instance_state import (
     InstanceFiles,
@@ -94,9 +95,6 @@ def launch(
         # The pinned host key names the port (system ssh reads it): pin it on the new one.
         public = files.host_key_pub.read_text().strip()
         files.known_hosts.write_text(known_hosts_line(inst.host_ip, inst.ssh_port, public) + "\n")
-    # The create path's port check (instance.checks once the create path has moved there).
-    from ccloudvm.instance.lifecycle import _check_ports
-
     _check_ports(inst.port_specs(), inst.host_ip)
     driver.define(machine_config(state, files, inst, acc), restore)
     inst.accel_used = acc.accel

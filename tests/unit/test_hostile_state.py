@@ -12,7 +12,9 @@ import pytest
 
 from ccloudvm.core.errors import CcloudvmError, UsageError
 from ccloudvm.instance import boot
+from ccloudvm.instance import create as instance_create
 from ccloudvm.instance import lifecycle as instance
+from ccloudvm.instance.checks import CreateRequest
 from ccloudvm.state.instance_state import files_of, instance_names, reserve_host_ip
 from ccloudvm.state.paths import StateDir
 
@@ -23,17 +25,15 @@ def _state(tmp_path: Path) -> StateDir:
     return state
 
 
-def _request(name: str = "vm") -> instance.CreateRequest:
-    return instance.CreateRequest(
-        workload="debian", image="img", name=name, mem_mib=512, cpus=1, disk_gib=1
-    )
+def _request(name: str = "vm") -> CreateRequest:
+    return CreateRequest(workload="debian", image="img", name=name, mem_mib=512, cpus=1, disk_gib=1)
 
 
 def test_a_dangling_link_as_instance_folder_is_one_line(tmp_path: Path) -> None:
     state = _state(tmp_path)
     (state.instances / "vm").symlink_to(tmp_path / "nowhere")
     with pytest.raises(CcloudvmError, match="is a symbolic link to .*nowhere.*remove the link"):
-        instance.create(state, _request())
+        instance_create.create(state, _request())
 
 
 def test_a_link_to_another_folder_gets_nothing_written_into_it(tmp_path: Path) -> None:
@@ -42,7 +42,7 @@ def test_a_link_to_another_folder_gets_nothing_written_into_it(tmp_path: Path) -
     target.mkdir()
     (state.instances / "vm").symlink_to(target)
     with pytest.raises(CcloudvmError, match="symbolic link"):
-        instance.create(state, _request())
+        instance_create.create(state, _request())
     with (
         pytest.raises(CcloudvmError, match="symbolic link"),
         instance.instance_lock(files_of(state, "vm")),
@@ -79,12 +79,12 @@ def _fake_create(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         name="img", key="k", disk=disk, kernel=None, initrd=None, cmdline=None,
         warm_boot=False,
     )  # fmt: skip
-    monkeypatch.setattr(instance, "require_tool", lambda name: name)
-    monkeypatch.setattr(instance, "_check_disk_room", lambda *a: None)
-    monkeypatch.setattr(instance.images, "ensure_image", lambda *a, **k: base)
-    monkeypatch.setattr(instance, "_disk_virtual_size_gib", lambda *a: 0.0)
-    monkeypatch.setattr(instance.warmboot, "fits", lambda *a: False)
-    monkeypatch.setattr(instance.seed, "write_seed_iso", lambda *a, **k: None)
+    monkeypatch.setattr(instance_create, "require_tool", lambda name: name)
+    monkeypatch.setattr(instance_create, "_check_disk_room", lambda *a: None)
+    monkeypatch.setattr(instance_create.images, "ensure_image", lambda *a, **k: base)
+    monkeypatch.setattr(instance_create, "_disk_virtual_size_gib", lambda *a: 0.0)
+    monkeypatch.setattr(instance_create.warmboot, "fits", lambda *a: False)
+    monkeypatch.setattr(instance_create.seed, "write_seed_iso", lambda *a, **k: None)
     monkeypatch.setattr(boot, "force_off", lambda *a: None)
 
 
@@ -98,14 +98,18 @@ def test_an_interrupted_create_leaves_nothing(
 ) -> None:
     state = _state(tmp_path)
     _fake_create(monkeypatch, tmp_path)
-    owner = {"ensure_image": instance.images, "write_seed_iso": instance.seed, "_wait_ready": boot}
+    owner = {
+        "ensure_image": instance_create.images,
+        "write_seed_iso": instance_create.seed,
+        "_wait_ready": boot,
+    }
     monkeypatch.setattr(
-        owner.get(step, instance), step.replace("_wait_ready", "wait_ready"), _interrupt
+        owner.get(step, instance_create), step.replace("_wait_ready", "wait_ready"), _interrupt
     )
     if step == "_wait_ready":
-        monkeypatch.setattr(instance, "_first_boot", lambda *a: None)
+        monkeypatch.setattr(instance_create, "_first_boot", lambda *a: None)
     with pytest.raises(KeyboardInterrupt):
-        instance.create(state, _request())
+        instance_create.create(state, _request())
     assert not state.instance_dir("vm").exists()
     assert instance_names(state) == []
 

@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from ccloudvm.instance import boot
-from ccloudvm.instance import lifecycle as instance
+from ccloudvm.instance import boot, checks
 from ccloudvm.state.instance_state import ImageRef, InstanceState, files_of, save_state
 from ccloudvm.state.paths import StateDir
 from ccloudvm.vm import ready
@@ -25,7 +24,7 @@ from ccloudvm.vm import ready
     ],
 )
 def test_drive_path_understands_qemus_comma_escape(drive: str, path: str) -> None:
-    assert instance.drive_path(drive) == path
+    assert checks.drive_path(drive) == path
 
 
 class _Target:

@@ -1,5 +1,5 @@
 """create / provision / logs / baremetal provision, through the CLI, with the VM replaced
-by this host: `instance.create` only records an instance and `connect_target` hands out a
+by this host: `instance_create.create` only records an instance and `connect_target` hands out a
 LocalTarget, so the steps really run (here) and everything else is the real code."""
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import pytest
 from ccloudvm.app import workflow
 from ccloudvm.cli.main import main
 from ccloudvm.instance import access
-from ccloudvm.instance import lifecycle as instance
+from ccloudvm.instance import create as instance_create
+from ccloudvm.instance.checks import CreateRequest
 from ccloudvm.remote.local import LocalTarget
 from ccloudvm.state.instance_state import ImageRef, InstanceState, files_of, load_state, save_state
 from ccloudvm.state.paths import StateDir
@@ -32,11 +33,11 @@ def state() -> StateDir:
 
 
 @pytest.fixture
-def fake_vm(monkeypatch: pytest.MonkeyPatch, state: StateDir) -> list[instance.CreateRequest]:
-    """instance.create records the instance without booting; steps run on this host."""
-    made: list[instance.CreateRequest] = []
+def fake_vm(monkeypatch: pytest.MonkeyPatch, state: StateDir) -> list[CreateRequest]:
+    """instance_create.create records the instance without booting; steps run on this host."""
+    made: list[CreateRequest] = []
 
-    def create(st: StateDir, req: instance.CreateRequest) -> InstanceState:
+    def create(st: StateDir, req: CreateRequest) -> InstanceState:
         for mount in req.mounts:
             assert mount.host_path.is_dir()  # what the real one checks first
         made.append(req)
@@ -51,7 +52,7 @@ def fake_vm(monkeypatch: pytest.MonkeyPatch, state: StateDir) -> list[instance.C
         save_state(files, inst)
         return inst
 
-    monkeypatch.setattr(instance, "create", create)
+    monkeypatch.setattr(instance_create, "create", create)
     monkeypatch.setattr(
         access, "connect_target", lambda st, name: contextlib.nullcontext(LocalTarget(name))
     )
@@ -84,7 +85,7 @@ provision:
 
 
 def test_a_failing_step_stops_create_keeps_the_instance_and_says_where_to_look(
-    fake_vm: list[instance.CreateRequest],
+    fake_vm: list[CreateRequest],
     state: StateDir,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -120,7 +121,7 @@ def test_a_failing_step_stops_create_keeps_the_instance_and_says_where_to_look(
 
 
 def test_create_verbose_prints_the_output_as_it_comes_and_keeps_it(
-    fake_vm: list[instance.CreateRequest],
+    fake_vm: list[CreateRequest],
     state: StateDir,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -136,7 +137,7 @@ def test_create_verbose_prints_the_output_as_it_comes_and_keeps_it(
 
 
 def test_logs_provision_before_any_provisioning_is_one_line(
-    fake_vm: list[instance.CreateRequest], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    fake_vm: list[CreateRequest], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert cli("create", "debian", "--name", "plain") == 0
     capsys.readouterr()
@@ -153,7 +154,7 @@ MOUNT = "image: {image}\nvm:\n  mounts: [{{host: {host}, guest: /data}}]\n"
 
 
 def test_a_failed_create_makes_no_folders_on_the_host(
-    fake_vm: list[instance.CreateRequest], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    fake_vm: list[CreateRequest], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder = tmp_path / "new" / "deeper"
     workload = tmp_path / "w.yaml"
@@ -167,11 +168,11 @@ def test_a_failed_create_makes_no_folders_on_the_host(
 def test_folders_made_for_a_create_that_fails_later_are_removed(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def failing_create(st: StateDir, req: instance.CreateRequest) -> InstanceState:
+    def failing_create(st: StateDir, req: CreateRequest) -> InstanceState:
         assert all(m.host_path.is_dir() for m in req.mounts)
         raise workflow.UsageError("--mem 10 MiB is out of range")
 
-    monkeypatch.setattr(instance, "create", failing_create)
+    monkeypatch.setattr(instance_create, "create", failing_create)
     workload = tmp_path / "w.yaml"
     workload.write_text(MOUNT.format(image="debian-12", host=tmp_path / "new" / "deeper"))
     assert cli("create", str(workload), "--name", "m2") == 2
@@ -180,7 +181,7 @@ def test_folders_made_for_a_create_that_fails_later_are_removed(
 
 
 def test_missing_workload_folders_are_made_just_before_the_instance(
-    fake_vm: list[instance.CreateRequest], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    fake_vm: list[CreateRequest], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder = tmp_path / "gopath"
     workload = tmp_path / "w.yaml"
@@ -193,7 +194,7 @@ def test_missing_workload_folders_are_made_just_before_the_instance(
 @pytest.mark.parametrize("where", ["/sys/ccloudvm-test/gopath", "FILE/sub"])
 def test_a_folder_that_cannot_be_made_is_one_line(
     where: str,
-    fake_vm: list[instance.CreateRequest],
+    fake_vm: list[CreateRequest],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -213,7 +214,7 @@ def test_a_folder_that_cannot_be_made_is_one_line(
 
 
 def test_commas_in_drive_paths_are_escaped_for_qemu(
-    state: StateDir, tmp_path: Path, fake_vm: list[instance.CreateRequest]
+    state: StateDir, tmp_path: Path, fake_vm: list[CreateRequest]
 ) -> None:
     disk = tmp_path / "my,disk.img"
     disk.write_bytes(b"")
@@ -226,7 +227,7 @@ def test_commas_in_drive_paths_are_escaped_for_qemu(
 
 
 def test_a_missing_drive_is_refused_before_anything_is_made(
-    fake_vm: list[instance.CreateRequest], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    fake_vm: list[CreateRequest], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     workload = tmp_path / "w.yaml"
     workload.write_text(f"image: debian-12\nvm:\n  drives: [{{path: {tmp_path}/none.img}}]\n")
@@ -236,7 +237,7 @@ def test_a_missing_drive_is_refused_before_anything_is_made(
 
 
 def test_cli_ports_and_mounts_replace_the_workloads_clashing_ones(
-    fake_vm: list[instance.CreateRequest], tmp_path: Path
+    fake_vm: list[CreateRequest], tmp_path: Path
 ) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
