@@ -1,19 +1,23 @@
 """Reusable images: saving a provisioned instance, building a workload once, and finding
 that build again so `create` never provisions the same thing twice.
 
-A build is keyed by the hash of the workload as rendered (for a fixed instance name)
-and the key of its base image; the index <cache>/builds/KEY.json names the saved image.
+A build is keyed as ccloudvm.app.buildindex says.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from ccloudvm.app.buildindex import (
+    BUILD_INSTANCE_NAME,
+    _builds_dir,
+    _record_build,
+    build_key,
+    find_build,
+)
 from ccloudvm.core import diskspace, ui
 from ccloudvm.core.errors import CcloudvmError, NotFoundError, StateError, UsageError
 from ccloudvm.core.proc import run
@@ -24,50 +28,6 @@ from ccloudvm.instance import lifecycle as instance
 from ccloudvm.instance.status import status as instance_status
 from ccloudvm.state.instance_state import files_of, instance_names, load_state
 from ccloudvm.state.paths import StateDir
-from ccloudvm.workloads.definition import Workload, render_workload_yaml
-
-BUILD_INSTANCE_NAME = "ccloudvm-build"  # the name workloads are rendered for when keyed
-
-
-def _builds_dir(state: StateDir) -> Path:
-    return state.cache / "builds"
-
-
-def base_key(state: StateDir, image_name: str) -> str:
-    try:
-        return images.load_definition(state, image_name).key
-    except NotFoundError:
-        saved = [i for i in images.cached_images(state) if i.name == image_name]
-        if not saved:
-            raise
-        return saved[-1].key
-
-
-def build_key(state: StateDir, workload: Workload) -> str:
-    digest = hashlib.sha256()
-    digest.update(render_workload_yaml(workload).encode())
-    digest.update(base_key(state, workload.image).encode())
-    return digest.hexdigest()[:16]
-
-
-def find_build(state: StateDir, key: str) -> images.BaseImage | None:
-    record = _builds_dir(state) / f"{key}.json"
-    try:
-        name = json.loads(record.read_text())["image"]
-    except (OSError, ValueError, KeyError):
-        return None
-    for image in images.cached_images(state):
-        if image.name == name and image.kind == "saved":
-            return image
-    return None
-
-
-def _record_build(state: StateDir, key: str, image: images.BaseImage, workload: str) -> None:
-    folder = _builds_dir(state)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{key}.tmp"
-    tmp.write_text(json.dumps({"image": image.name, "workload": workload, "image_key": image.key}))
-    os.replace(tmp, folder / f"{key}.json")
 
 
 def _save_needs(disk: Path) -> int:

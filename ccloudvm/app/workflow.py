@@ -12,6 +12,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ccloudvm.app import buildindex
 from ccloudvm.core import defaults, ui
 from ccloudvm.core.errors import CcloudvmError, CreateInterrupted, NotFoundError, UsageError
 from ccloudvm.core.hostinfo import host_user
@@ -238,10 +239,8 @@ def _saved_build(state: StateDir, ref: str, workload: Workload) -> str | None:
     """The saved image of an earlier `ccloudvm build` of this very workload, if any."""
     if not workload.provision:
         return None
-    from ccloudvm.app import builds
-
-    keyed = resolve(state, ref, builds.BUILD_INSTANCE_NAME)
-    image = builds.find_build(state, builds.build_key(state, keyed))
+    keyed = resolve(state, ref, buildindex.BUILD_INSTANCE_NAME)
+    image = buildindex.find_build(state, buildindex.build_key(state, keyed))
     return image.name if image is not None else None
 
 

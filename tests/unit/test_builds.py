@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ccloudvm.app import builds
+from ccloudvm.app import buildindex, builds
 from ccloudvm.core.errors import NotFoundError, StateError
 from ccloudvm.images import catalog as images
 from ccloudvm.state.instance_state import ImageRef, InstanceFiles, InstanceState, save_state
@@ -57,8 +57,8 @@ def test_find_build_needs_the_saved_image_to_exist(tmp_path: Path) -> None:
     state = StateDir(tmp_path)
     (state.cache / "builds").mkdir(parents=True)
     (state.cache / "builds" / "abc.json").write_text(json.dumps({"image": "w-build-1"}))
-    assert builds.find_build(state, "abc") is None
+    assert buildindex.find_build(state, "abc") is None
     _cached(state, "w-build-1", "saved", "eeee")
-    found = builds.find_build(state, "abc")
+    found = buildindex.find_build(state, "abc")
     assert found is not None and found.name == "w-build-1"
-    assert builds.find_build(state, "other") is None
+    assert buildindex.find_build(state, "other") is None
