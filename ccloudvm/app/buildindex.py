@@ -19,7 +19,7 @@ from ccloudvm.workloads.definition import Workload, render_workload_yaml
 BUILD_INSTANCE_NAME = "ccloudvm-build"  # the name workloads are rendered for when keyed
 
 
-def _builds_dir(state: StateDir) -> Path:
+def builds_dir(state: StateDir) -> Path:
     return state.cache / "builds"
 
 
@@ -41,7 +41,7 @@ def build_key(state: StateDir, workload: Workload) -> str:
 
 
 def find_build(state: StateDir, key: str) -> images.BaseImage | None:
-    record = _builds_dir(state) / f"{key}.json"
+    record = builds_dir(state) / f"{key}.json"
     try:
         name = json.loads(record.read_text())["image"]
     except (OSError, ValueError, KeyError):
@@ -52,8 +52,8 @@ def find_build(state: StateDir, key: str) -> images.BaseImage | None:
     return None
 
 
-def _record_build(state: StateDir, key: str, image: images.BaseImage, workload: str) -> None:
-    folder = _builds_dir(state)
+def record_build(state: StateDir, key: str, image: images.BaseImage, workload: str) -> None:
+    folder = builds_dir(state)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{key}.tmp"
     tmp.write_text(json.dumps({"image": image.name, "workload": workload, "image_key": image.key}))

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
+from ccloudvm.app import workflow
 from ccloudvm.app.buildindex import (
     BUILD_INSTANCE_NAME,
-    _builds_dir,
-    _record_build,
     build_key,
+    builds_dir,
     find_build,
+    record_build,
 )
 from ccloudvm.core import diskspace, ui
 from ccloudvm.core.errors import CcloudvmError, NotFoundError, StateError, UsageError
@@ -89,11 +90,11 @@ sync
 """
 
 
-def build(state: StateDir, ref: str, options: Any) -> images.BaseImage:
-    """create -> provision -> generalise -> stop -> save, once per workload and base image."""
-    from ccloudvm.app import workflow
-
-    workload = workflow.resolve(state, ref, BUILD_INSTANCE_NAME)
+def build(state: StateDir, ref: str, options: workflow.CreateOptions) -> images.BaseImage:
+    """create -> provision -> generalise -> stop -> save, once per workload and base image.
+    The workload is read once (a URL fetched once) for the key and the create."""
+    loaded = workflow.Loaded(state, ref)
+    workload = loaded.render(BUILD_INSTANCE_NAME)
     key = build_key(state, workload)
     existing = find_build(state, key)
     if existing is not None and options.use_cache:
@@ -107,9 +108,7 @@ def build(state: StateDir, ref: str, options: Any) -> images.BaseImage:
         for n in range(1, 1000)
         if f"build-{workload.name}-{n}" not in taken
     )
-    options.name = name
-    options.use_cache = False
-    inst = workflow.create(state, ref, options)
+    inst = workflow.create(state, loaded, replace(options, name=name, use_cache=False))
     try:
         with access.connect_target(state, inst.name) as target:
             target.put_text(ONLINE_GENERALISE, "/tmp/ccloudvm-generalise.sh", mode=0o700)
@@ -122,7 +121,7 @@ def build(state: StateDir, ref: str, options: Any) -> images.BaseImage:
             if old.name == image_name:
                 images.remove_image(old)
         image = save_instance(state, inst.name, image_name, offline_generalise=False)
-        _record_build(state, key, image, workload.name)
+        record_build(state, key, image, workload.name)
         warm.prepare_warm_boot(state, inst, image)
     finally:
         instance.delete(state, inst.name)
@@ -163,7 +162,7 @@ def prune(state: StateDir) -> list[str]:
     used = images_in_use(state)
     wanted_builds = set()
     broken_records = []
-    for record in sorted(_builds_dir(state).glob("*.json")) if _builds_dir(state).is_dir() else []:
+    for record in sorted(builds_dir(state).glob("*.json")) if builds_dir(state).is_dir() else []:
         try:
             wanted_builds.add(str(json.loads(record.read_text())["image"]))
         except (OSError, ValueError, KeyError, TypeError) as exc:

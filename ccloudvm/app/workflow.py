@@ -5,31 +5,31 @@ Each step is another module's job; this one only puts them in order."""
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ccloudvm.app import buildindex
+from ccloudvm.app import buildindex, provision
 from ccloudvm.core import defaults, ui
 from ccloudvm.core.errors import CcloudvmError, CreateInterrupted, NotFoundError, UsageError
 from ccloudvm.core.hostinfo import host_user
 from ccloudvm.core.specs import MountSpec, PortSpec
 from ccloudvm.guest import proxy
+from ccloudvm.images import catalog as images
 from ccloudvm.instance import access, warm
 from ccloudvm.instance import create as instance_create
 from ccloudvm.instance.checks import CreateRequest
-from ccloudvm.remote.target import OutputSink
+from ccloudvm.remote.local import LocalTarget
+from ccloudvm.remote.target import OutputSink, Target
 from ccloudvm.state.instance_state import (
     InstanceState,
     files_of,
-    instance_names,
     load_state,
-    random_name,
     save_state,
-    validate_name,
 )
 from ccloudvm.state.paths import StateDir
 from ccloudvm.vm.qemu import escape
@@ -38,6 +38,7 @@ from ccloudvm.workloads.definition import (
     load_workload,
     merge_replacing,
     ports_clash,
+    read_workload,
 )
 from ccloudvm.workloads.templating import TemplateContext
 
@@ -64,17 +65,35 @@ class CreateOptions:
     connect: str = ""  # the libvirt URI
 
 
+class Loaded:
+    """Workload `ref` as read once (a URL fetched once), rendered for each name that needs
+    it: the instance's, and the fixed one a saved build is keyed by."""
+
+    def __init__(self, state: StateDir, ref: str) -> None:
+        self.state = state
+        self.ref = ref
+        self.files = read_workload(state, ref)
+
+    def render(self, name: str, *, propagate_proxy: bool = True,
+               ca_certs: list[Path] | None = None, mounts: list[MountSpec] | None = None,
+               bare_metal: bool = False) -> Workload:  # fmt: skip
+        """The workload rendered for an instance called `name` (or for this host)."""
+        host_proxies = proxy.read_host_proxies(os.environ)
+        proxies = host_proxies if bare_metal else proxy.for_guest(host_proxies, hostname=name)
+        ctx = TemplateContext(
+            host=host_user(), instance_name=name, proxies=proxies, mounts=list(mounts or []),
+            bare_metal=bare_metal,
+        )  # fmt: skip
+        return load_workload(self.state, self.files, ctx, propagate_proxy=propagate_proxy,
+                             ca_certs=ca_certs or [])  # fmt: skip
+
+
 def resolve(state: StateDir, ref: str, name: str, *, propagate_proxy: bool = True,
             ca_certs: list[Path] | None = None, mounts: list[MountSpec] | None = None,
             bare_metal: bool = False) -> Workload:  # fmt: skip
     """Load and render workload `ref` for an instance called `name` (or for this host)."""
-    host_proxies = proxy.read_host_proxies(os.environ)
-    proxies = host_proxies if bare_metal else proxy.for_guest(host_proxies, hostname=name)
-    ctx = TemplateContext(
-        host=host_user(), instance_name=name, proxies=proxies, mounts=list(mounts or []),
-        bare_metal=bare_metal,
-    )  # fmt: skip
-    return load_workload(state, ref, ctx, propagate_proxy=propagate_proxy, ca_certs=ca_certs or [])
+    return Loaded(state, ref).render(name, propagate_proxy=propagate_proxy, ca_certs=ca_certs,
+                                     mounts=mounts, bare_metal=bare_metal)  # fmt: skip
 
 
 def _merge_mounts(workload: Workload, cli: list[MountSpec]) -> list[MountSpec]:
@@ -134,13 +153,20 @@ def _first(flag: int | None, workload_value: int | None) -> int | None:
     return flag if flag is not None else workload_value
 
 
-def build_request(
-    state: StateDir, ref: str, options: CreateOptions
-) -> tuple[CreateRequest, Workload]:
-    taken = set(instance_names(state))
-    name = validate_name(options.name) if options.name else random_name(taken)
-    workload = resolve(state, ref, name, propagate_proxy=options.propagate_proxy,
-                       ca_certs=options.ca_certs, mounts=options.mounts)  # fmt: skip
+@dataclass(frozen=True)
+class _Plan:
+    """What create will make: the request, from the workload as rendered for its name."""
+
+    loaded: Loaded
+    request: CreateRequest
+    workload: Workload
+
+
+def _plan(state: StateDir, ref: str | Loaded, options: CreateOptions) -> _Plan:
+    name = instance_create.claim_name(state, options.name)  # the one check of the name
+    loaded = ref if isinstance(ref, Loaded) else Loaded(state, ref)
+    workload = loaded.render(name, propagate_proxy=options.propagate_proxy,
+                             ca_certs=options.ca_certs, mounts=options.mounts)  # fmt: skip
     # QEMU's -drive splits its value at commas: a comma in the path is written ",,".
     drives = [
         f"{escape(d.path)},format={d.format}" + (f",{d.options}" if d.options else "")
@@ -162,27 +188,27 @@ def build_request(
         nested=workload.needs_nested_vm,
         user_data=workload.user_data,
         timeout=options.timeout,
-        workload_ref=ref,
+        workload_ref=loaded.ref,
         propagate_proxy=options.propagate_proxy,
         proxy=proxy.describe(
             proxy.for_guest(proxy.read_host_proxies(os.environ), hostname=name),
             propagated=options.propagate_proxy,
         ),
     )
-    return request, workload
+    return _Plan(loaded, request, workload)
+
+
+def build_request(
+    state: StateDir, ref: str | Loaded, options: CreateOptions
+) -> tuple[CreateRequest, Workload]:
+    """The instance create would ask for, and the workload rendered for it."""
+    plan = _plan(state, ref, options)
+    return plan.request, plan.workload
 
 
 def _preflight(state: StateDir, request: CreateRequest, workload: Workload) -> None:
-    """The checks that can be made before anything is made on the host (instance.create
-    makes the rest, and a failure there removes the mount folders made for it)."""
-    from ccloudvm.images import catalog as images
-
-    name = request.name or ""
-    if name in instance_names(state) or state.instance_dir(name).exists():
-        raise UsageError(
-            f"an instance named {name!r} already exists",
-            hint="choose another --name or delete it first",
-        )
+    """The checks that can be made before anything is made on the host (the instance's
+    own are instance_create's, and a failure there removes the mount folders made for it)."""
     try:
         images.load_definition(state, request.image)
     except NotFoundError:
@@ -196,50 +222,48 @@ def _preflight(state: StateDir, request: CreateRequest, workload: Workload) -> N
             )
 
 
-def create(state: StateDir, ref: str, options: CreateOptions) -> InstanceState:
-    request, workload = build_request(state, ref, options)
+def create(state: StateDir, ref: str | Loaded, options: CreateOptions) -> InstanceState:
+    """`ccloudvm create`: the workload read and rendered, the name checked, the instance
+    made and booted, then provisioned over the SSH session its readiness was seen on."""
+    plan = _plan(state, ref, options)
     try:
-        inst = _create(state, ref, options, request, workload)
+        inst = _create(state, plan, options)
         warm.snapshot_later(state, inst)  # after provisioning: it slows nothing of it
         return inst
     except KeyboardInterrupt as exc:
         if isinstance(exc, CreateInterrupted):
             raise
-        name = request.name or ""
+        name = plan.request.name or ""
         removed = not os.path.lexists(state.instance_dir(name))
         code = getattr(exc, "exit_code", 130)
         raise CreateInterrupted(name, removed, code) from exc
 
 
-def _create(
-    state: StateDir,
-    ref: str,
-    options: CreateOptions,
-    request: CreateRequest,
-    workload: Workload,
-) -> InstanceState:
-    reused = _saved_build(state, ref, workload) if options.use_cache and not options.image else None
+def _create(state: StateDir, plan: _Plan, options: CreateOptions) -> InstanceState:
+    request, workload = plan.request, plan.workload
+    reused = _saved_build(state, plan) if options.use_cache and not options.image else None
     if reused is not None:
         ui.info(f"using the saved build {reused} of {workload.name}: nothing to provision")
-        request.image = reused
+        request = replace(request, image=reused)
     _preflight(state, request, workload)
-    # Only the workload's folders are made (a --mount of a missing folder is an error).
-    made = _make_mount_folders([m for m in request.mounts if m in workload.vm.mounts])
-    try:
-        inst = instance_create.create(state, request)
-    except BaseException:
-        _remove_folders(made)
-        raise
-    if workload.provision and reused is None:
-        provision_instance(state, inst.name, workload, verbose=options.verbose)
-    return inst
+    with ExitStack() as session:  # the SSH connection, open until provisioning ends
+        with ExitStack() as undo:  # what is unwound if the instance does not get ready
+            # Only the workload's folders are made (a --mount of a missing folder is an error).
+            made = _make_mount_folders([m for m in request.mounts if m in workload.vm.mounts])
+            undo.callback(_remove_folders, made)
+            booted = session.enter_context(instance_create.ready(state, request))
+            undo.pop_all()  # ready: the folders stay
+        if workload.provision and reused is None:
+            provision_instance(state, booted.inst.name, workload, verbose=options.verbose,
+                               target=booted.target)  # fmt: skip
+    return booted.inst
 
 
-def _saved_build(state: StateDir, ref: str, workload: Workload) -> str | None:
+def _saved_build(state: StateDir, plan: _Plan) -> str | None:
     """The saved image of an earlier `ccloudvm build` of this very workload, if any."""
-    if not workload.provision:
+    if not plan.workload.provision:
         return None
-    keyed = resolve(state, ref, buildindex.BUILD_INSTANCE_NAME)
+    keyed = plan.loaded.render(buildindex.BUILD_INSTANCE_NAME)
     image = buildindex.find_build(state, buildindex.build_key(state, keyed))
     return image.name if image is not None else None
 
@@ -253,8 +277,6 @@ def workload_of(state: StateDir, name: str) -> Workload:
 
 def verify(state: StateDir, name: str) -> tuple[int, int]:
     """Run the workload's checks (its release criterion) in the instance."""
-    from ccloudvm.app import provision
-
     workload = workload_of(state, name)
     if not workload.checks:
         raise UsageError(
@@ -290,12 +312,12 @@ def _appending_log(path: Path, title: str) -> Iterator[OutputSink]:
 
 
 def provision_instance(
-    state: StateDir, name: str, workload: Workload, *, verbose: bool = False
-) -> None:
-    """Run the workload's provision steps in a running instance, in order; their output
-    is appended to the instance's provision.log (and printed as it comes with verbose)."""
-    from ccloudvm.app import provision
-
+    state: StateDir, name: str, workload: Workload, *, verbose: bool = False,
+    target: Target | None = None,
+) -> None:  # fmt: skip
+    """Run the workload's provision steps in a running instance, in order, over `target`
+    (an open connection to it; else one is opened); their output is appended to the
+    instance's provision.log (and printed as it comes with verbose)."""
     files = files_of(state, name)
     load_state(state, name)  # a clear error for a name that is not an instance
     hint = (
@@ -304,10 +326,8 @@ def provision_instance(
         f"re-run the steps with 'ccloudvm provision {name}'"
     )
     title = f"provision {name} (workload {workload.name})"
-    with (
-        _appending_log(provision_log(state, name), title) as log,
-        access.connect_target(state, name) as target,
-    ):
+    with _appending_log(provision_log(state, name), title) as log, ExitStack() as opened:
+        target = target or opened.enter_context(access.connect_target(state, name))
         provision.run_steps(target, workload.provision, verbose=verbose, log=log, failure_hint=hint)
     inst = load_state(state, name)
     inst.provisioned = True
@@ -320,8 +340,6 @@ def provision_instance(
 
 def _sudo_works() -> bool:
     """True when `sudo -n` runs without asking for a password."""
-    from ccloudvm.remote.local import LocalTarget
-
     try:
         status = LocalTarget().run(["true"], sudo=True, output=lambda _line: None)
     except CcloudvmError:  # no sudo at all
@@ -339,9 +357,6 @@ def baremetal_provision(
 ) -> Workload:
     """Run workload `ref`'s provision steps on this host, as this user (sudo steps as
     root through `sudo -n`), through the same code that provisions instances."""
-    from ccloudvm.app import provision
-    from ccloudvm.remote.local import LocalTarget
-
     workload = resolve(state, ref, _hostname(), bare_metal=True)
     steps = workload.provision
     if not steps:
@@ -374,6 +389,4 @@ def baremetal_provision(
 
 
 def _hostname() -> str:
-    import socket
-
     return socket.gethostname().split(".", 1)[0] or "localhost"

@@ -14,7 +14,7 @@ the results. This module is their public face.
 
 from ccloudvm.workloads.dump import render_workload_yaml, workload_as_dict
 from ccloudvm.workloads.level import read_ca_cert
-from ccloudvm.workloads.loader import load_workload
+from ccloudvm.workloads.loader import load_workload, read_workload
 from ccloudvm.workloads.merge import (
     merge_config,
     merge_replacing,
@@ -42,6 +42,7 @@ __all__ = [
     "mounts_clash",
     "ports_clash",
     "read_ca_cert",
+    "read_workload",
     "render_workload_yaml",
     "workload_as_dict",
 ]

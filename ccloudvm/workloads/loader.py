@@ -19,8 +19,9 @@ from ccloudvm.workloads.templating import Downloads, TemplateContext, make_envir
 from ccloudvm.workloads.templating import variables as template_variables
 
 
-def _chain(state: StateDir, ref: str) -> list[ParsedFile]:
-    """Every file of the inheritance graph in merge order; a cycle is an error naming it.
+def read_workload(state: StateDir, ref: str) -> list[ParsedFile]:
+    """Every file of the inheritance graph in merge order (read, a URL fetched, once:
+    load_workload renders them for any instance name); a cycle is an error naming it.
 
     Depth first, parents before their child, a file's parents in the order it lists them,
     each file once (where two parents share an ancestor, it comes before both). So later
@@ -75,16 +76,17 @@ def _fragments(
 
 def load_workload(
     state: StateDir,
-    ref: str,
+    ref: str | Sequence[ParsedFile],
     ctx: TemplateContext,
     *,
     propagate_proxy: bool = True,
     ca_certs: Sequence[Path] = (),
 ) -> Workload:
-    """Find, validate, render and merge workload `ref`; any bad input is a UsageError."""
+    """Find, validate, render and merge workload `ref` (or the files read_workload read);
+    any bad input is a UsageError."""
     if not propagate_proxy:
         ctx = replace(ctx, proxies=ProxySettings())
-    docs = _chain(state, ref)
+    docs = read_workload(state, ref) if isinstance(ref, str) else list(ref)
     wvars: dict[str, Any] = {}
     for doc in docs:
         wvars = merge_config(wvars, doc.model.vars or {})

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ccloudvm.app import buildindex, builds
-from ccloudvm.core.errors import NotFoundError, StateError
+from ccloudvm.app import buildindex, builds, workflow
+from ccloudvm.core.errors import NotFoundError, StateError, UsageError
 from ccloudvm.images import catalog as images
 from ccloudvm.state.instance_state import ImageRef, InstanceFiles, InstanceState, save_state
 from ccloudvm.state.paths import StateDir
@@ -62,3 +62,24 @@ def test_find_build_needs_the_saved_image_to_exist(tmp_path: Path) -> None:
     found = buildindex.find_build(state, "abc")
     assert found is not None and found.name == "w-build-1"
     assert buildindex.find_build(state, "other") is None
+
+
+def test_build_leaves_the_options_it_is_given_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = StateDir(tmp_path / "home")
+    state.ensure()
+    workload = tmp_path / "w.yaml"
+    workload.write_text("image: debian-12\nprovision: [{name: s, run: 'true'}]\n")
+    used: list[workflow.CreateOptions] = []
+
+    def create(st: StateDir, ref: object, options: workflow.CreateOptions) -> None:
+        used.append(options)
+        raise UsageError("stop here")
+
+    monkeypatch.setattr(workflow, "create", create)
+    options = workflow.CreateOptions()
+    with pytest.raises(UsageError, match="stop here"):
+        builds.build(state, str(workload), options)
+    assert options == workflow.CreateOptions()
+    assert [(o.name, o.use_cache) for o in used] == [("build-w-1", False)]

@@ -114,6 +114,36 @@ def test_an_interrupted_create_leaves_nothing(
     assert instance_names(state) == []
 
 
+def _fail(*_a: Any, **_k: Any) -> None:
+    raise CcloudvmError("it broke")
+
+
+@pytest.mark.parametrize("step", ["write_seed_iso", "_first_boot"])
+def test_a_create_failing_before_the_guest_starts_leaves_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, step: str
+) -> None:
+    state = _state(tmp_path)
+    _fake_create(monkeypatch, tmp_path)
+    monkeypatch.setattr(instance_create.seed if step == "write_seed_iso" else instance_create,
+                        step, _fail)  # fmt: skip
+    with pytest.raises(CcloudvmError, match="it broke"):
+        instance_create.create(state, _request())
+    assert not state.instance_dir("vm").exists()
+
+
+def test_a_guest_that_started_but_failed_stays_marked_for_inspection(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    state = _state(tmp_path)
+    _fake_create(monkeypatch, tmp_path)
+    monkeypatch.setattr(instance_create, "_first_boot", lambda *a: None)
+    monkeypatch.setattr(boot, "wait_ready", _fail)
+    with pytest.raises(CcloudvmError, match="it broke"):
+        instance_create.create(state, _request())
+    files = files_of(state, "vm")
+    assert files.seed.parent.is_dir() and files.creating.exists()  # `failed` once we are gone
+
+
 def test_concurrent_reservations_never_share_an_address(tmp_path: Path) -> None:
     state = _state(tmp_path)
     got: list[str] = []

@@ -1,5 +1,5 @@
 """create / provision / logs / baremetal provision, through the CLI, with the VM replaced
-by this host: `instance_create.create` only records an instance and `connect_target` hands out a
+by this host: `instance_create.ready` only records an instance and `connect_target` hands out a
 LocalTarget, so the steps really run (here) and everything else is the real code."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -23,6 +24,7 @@ from ccloudvm.instance.checks import CreateRequest
 from ccloudvm.remote.local import LocalTarget
 from ccloudvm.state.instance_state import ImageRef, InstanceState, files_of, load_state, save_state
 from ccloudvm.state.paths import StateDir
+from tests.support.httpserver import serve_directory
 
 WORKLOADS = Path(__file__).resolve().parents[1] / "workloads"
 
@@ -34,10 +36,11 @@ def state() -> StateDir:
 
 @pytest.fixture
 def fake_vm(monkeypatch: pytest.MonkeyPatch, state: StateDir) -> list[CreateRequest]:
-    """instance_create.create records the instance without booting; steps run on this host."""
+    """instance_create.ready records the instance without booting; steps run on this host."""
     made: list[CreateRequest] = []
 
-    def create(st: StateDir, req: CreateRequest) -> InstanceState:
+    @contextlib.contextmanager
+    def boot(st: StateDir, req: CreateRequest) -> Iterator[SimpleNamespace]:
         for mount in req.mounts:
             assert mount.host_path.is_dir()  # what the real one checks first
         made.append(req)
@@ -50,9 +53,9 @@ def fake_vm(monkeypatch: pytest.MonkeyPatch, state: StateDir) -> list[CreateRequ
             guest_user="u", workload_ref=req.workload_ref,
         )  # fmt: skip
         save_state(files, inst)
-        return inst
+        yield SimpleNamespace(inst=inst, target=LocalTarget(inst.name))
 
-    monkeypatch.setattr(instance_create, "create", create)
+    monkeypatch.setattr(instance_create, "ready", boot)
     monkeypatch.setattr(
         access, "connect_target", lambda st, name: contextlib.nullcontext(LocalTarget(name))
     )
@@ -147,6 +150,39 @@ def test_logs_provision_before_any_provisioning_is_one_line(
     assert cli("logs", "plain", "--provision", "--cloud-init") == 2
 
 
+def test_a_url_workload_is_fetched_once_per_create(
+    fake_vm: list[CreateRequest], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rendered for the instance and, for the saved-build lookup, for the build name: one
+    GET all the same."""
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    www = tmp_path / "www"
+    www.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (www / "w.yaml").write_text(
+        f"image: debian-12\nprovision: [{{name: s, run: touch {out}/ran}}]\n"
+    )
+    with serve_directory(www) as (base_url, server):
+        assert cli("create", f"{base_url}/w.yaml", "--name", "u1") == 0
+    assert [r.path for r in server.requests if r.method == "GET"] == ["/w.yaml"]
+    assert (out / "ran").exists() and len(fake_vm) == 1
+
+
+def test_provisioning_reuses_the_connection_readiness_was_seen_on(
+    fake_vm: list[CreateRequest], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_second_connection(st: StateDir, name: str) -> None:
+        raise AssertionError("a second SSH connection was opened")
+
+    monkeypatch.setattr(access, "connect_target", no_second_connection)
+    workload = tmp_path / "w.yaml"
+    workload.write_text(f"image: debian-12\nprovision: [{{name: s, run: touch {tmp_path}/ran}}]\n")
+    assert cli("create", str(workload), "--name", "one") == 0
+    assert (tmp_path / "ran").exists()
+
+
 # ------------------------------------------------------------------ shared folders
 
 
@@ -168,11 +204,13 @@ def test_a_failed_create_makes_no_folders_on_the_host(
 def test_folders_made_for_a_create_that_fails_later_are_removed(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def failing_create(st: StateDir, req: CreateRequest) -> InstanceState:
+    @contextlib.contextmanager
+    def failing_boot(st: StateDir, req: CreateRequest) -> Iterator[None]:
         assert all(m.host_path.is_dir() for m in req.mounts)
         raise workflow.UsageError("--mem 10 MiB is out of range")
+        yield
 
-    monkeypatch.setattr(instance_create, "create", failing_create)
+    monkeypatch.setattr(instance_create, "ready", failing_boot)
     workload = tmp_path / "w.yaml"
     workload.write_text(MOUNT.format(image="debian-12", host=tmp_path / "new" / "deeper"))
     assert cli("create", str(workload), "--name", "m2") == 2
