@@ -17,7 +17,7 @@ from ccloudvm.app import buildindex, provision
 from ccloudvm.core import defaults, ui
 from ccloudvm.core.errors import CcloudvmError, CreateInterrupted, NotFoundError, UsageError
 from ccloudvm.core.hostinfo import host_user
-from ccloudvm.core.specs import MountSpec, PortSpec
+from ccloudvm.core.specs import DriveSpec, MountSpec, PortSpec
 from ccloudvm.guest import proxy
 from ccloudvm.images import catalog as images
 from ccloudvm.instance import access, warm
@@ -32,7 +32,6 @@ from ccloudvm.state.instance_state import (
     save_state,
 )
 from ccloudvm.state.paths import StateDir
-from ccloudvm.vm.qemu import escape
 from ccloudvm.workloads.definition import (
     Workload,
     load_workload,
@@ -167,11 +166,6 @@ def _plan(state: StateDir, ref: str | Loaded, options: CreateOptions) -> _Plan:
     loaded = ref if isinstance(ref, Loaded) else Loaded(state, ref)
     workload = loaded.render(name, propagate_proxy=options.propagate_proxy,
                              ca_certs=options.ca_certs, mounts=options.mounts)  # fmt: skip
-    # QEMU's -drive splits its value at commas: a comma in the path is written ",,".
-    drives = [
-        f"{escape(d.path)},format={d.format}" + (f",{d.options}" if d.options else "")
-        for d in workload.vm.drives
-    ]
     request = CreateRequest(
         workload=workload.name,
         image=options.image or workload.image,
@@ -181,7 +175,7 @@ def _plan(state: StateDir, ref: str | Loaded, options: CreateOptions) -> _Plan:
         disk_gib=_first(options.disk_gib, workload.vm.disk_gib),
         ports=_merge_ports(workload, options.ports),
         mounts=_merge_mounts(workload, options.mounts),
-        drives=drives + options.drives,
+        drives=[*workload.vm.drives, *(DriveSpec.parse(d) for d in options.drives)],
         accel_mode=options.accel_mode,
         driver=options.driver,
         connect=options.connect,

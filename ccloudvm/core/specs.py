@@ -1,4 +1,4 @@
-"""Small value types shared by the CLI, workloads and instances: ports and mounts."""
+"""Small value types shared by the CLI, workloads and instances: ports, mounts, drives."""
 
 from __future__ import annotations
 
@@ -120,3 +120,32 @@ class MountSpec:
                 f"unknown 9p security model {self.security_model!r}",
                 hint="use one of " + ", ".join(SECURITY_MODELS),
             )
+
+
+@dataclass(frozen=True)
+class DriveSpec:
+    """An extra disk attached to the VM: a workload's vm.drives entry, or a --drive."""
+
+    path: Path
+    format: str = "qcow2"  # "": not given (QEMU probes the file; libvirt takes raw)
+    options: str = ""  # further QEMU -drive options, comma-separated, as written
+
+    @classmethod
+    def parse(cls, text: str) -> DriveSpec:
+        """'PATH[,format=F][,option...]', where a comma in PATH is written ",," (QEMU's
+        escape); the path may start with ~."""
+        path, *rest = text.replace(",,", "\0").split(",")
+        fmt, options = "", []
+        for part in rest:
+            key, _, value = part.partition("=")
+            if key == "format" and value and not fmt:
+                fmt = value
+            else:
+                options.append(part.replace("\0", ",,"))
+        return cls(Path(path.replace("\0", ",")).expanduser(), fmt, ",".join(options))
+
+    def __str__(self) -> str:
+        """The form parse() reads (an instance's record keeps drives so)."""
+        text = str(self.path).replace(",", ",,")
+        text += f",format={self.format}" if self.format else ""
+        return text + (f",{self.options}" if self.options else "")

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from ccloudvm.core import ui
+from ccloudvm.core.specs import DriveSpec
 from ccloudvm.instance.checks import _check_ports
 from ccloudvm.remote.ssh import SSHTarget, known_hosts_line, wait_for_ssh
 from ccloudvm.state.instance_state import (
@@ -56,7 +57,7 @@ def machine_config(
             else inst.mount_specs()
         ),
         boot=boot,
-        extra_drives=tuple(inst.drives),
+        extra_drives=tuple(DriveSpec.parse(d) for d in inst.drives),
     )
 
 

@@ -3,17 +3,15 @@ sizes, disk room, mounts, drives, forwarded ports."""
 
 from __future__ import annotations
 
-import re
 import shutil
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ccloudvm.core import ui
 from ccloudvm.core.defaults import BOOT_TIMEOUT, DEFAULT_DISK_GIB, MAX_DISK_GIB, MIN_MEM_MIB
 from ccloudvm.core.errors import UsageError
 from ccloudvm.core.hostinfo import HostUser, host_resources
-from ccloudvm.core.specs import DEFAULT_PORT_ADDRESS, MountSpec, PortSpec
+from ccloudvm.core.specs import DEFAULT_PORT_ADDRESS, DriveSpec, MountSpec, PortSpec
 from ccloudvm.state.instance_state import check_port_allowed, port_free
 from ccloudvm.state.paths import StateDir
 
@@ -28,7 +26,7 @@ class CreateRequest:
     disk_gib: int | None = None
     ports: list[PortSpec] = field(default_factory=list)
     mounts: list[MountSpec] = field(default_factory=list)
-    drives: list[str] = field(default_factory=list)
+    drives: list[DriveSpec] = field(default_factory=list)
     accel_mode: str = "auto"
     nested: bool = False
     user_data: dict[str, Any] = field(default_factory=dict)
@@ -103,18 +101,11 @@ def _check_mounts(mounts: list[MountSpec], user: HostUser) -> list[MountSpec]:
     return resolved
 
 
-def drive_path(drive: str) -> str:
-    """The file of a QEMU drive string "PATH[,option...]", where a comma inside PATH is
-    written ",," (QEMU's escape)."""
-    return re.split(r"(?<!,),(?!,)", drive.replace(",,", "\0"), maxsplit=1)[0].replace("\0", ",")
-
-
-def _check_drives(drives: list[str]) -> None:
+def _check_drives(drives: list[DriveSpec]) -> None:
     for drive in drives:
-        path = Path(drive_path(drive)).expanduser()
-        if not path.is_file():
+        if not drive.path.is_file():
             raise UsageError(
-                f"drive {path} does not exist",
+                f"drive {drive.path} does not exist",
                 hint="give an existing disk image: --drive PATH,format=qcow2",
             )
 

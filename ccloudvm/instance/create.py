@@ -212,7 +212,7 @@ def _record(
         nested=req.nested,
         ports=[str(p) for p in req.ports],
         mounts=[InstanceState.mount_record(m) for m in checked.mounts],
-        drives=list(req.drives),
+        drives=[str(d) for d in req.drives],
         workload_ref=req.workload_ref or req.workload,
         propagate_proxy=req.propagate_proxy,
         proxy=req.proxy,

@@ -19,11 +19,11 @@ libvirt allocates from slot 1 (a trial with slot 1 clashed). The same arguments 
 
 from __future__ import annotations
 
-import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from ccloudvm.core.errors import UsageError
+from ccloudvm.core.specs import DriveSpec
 from ccloudvm.guest.seed import GUEST_MAC
 from ccloudvm.vm.qemu import MachineConfig
 
@@ -64,20 +64,15 @@ def _disk(
     return disk
 
 
-def parse_drive(drive: str) -> tuple[str, str]:
-    """(path, format) of a --drive string "PATH[,format=F]" (',,' is a comma in PATH).
-    Other options are QEMU's own and mean nothing to libvirt: refused."""
-    parts = [p.replace("\0", ",") for p in re.split(r"(?<!,),(?!,)", drive.replace(",,", "\0"))]
-    path, fmt = parts[0], "raw"
-    for option in parts[1:]:
-        key, _, value = option.partition("=")
-        if key != "format" or not value:
-            raise UsageError(
-                f"--drive option {option!r} is not supported by the libvirt driver",
-                hint="give PATH,format=FORMAT, or use --driver qemu",
-            )
-        fmt = value
-    return path, fmt
+def drive_source(drive: DriveSpec) -> tuple[str, str]:
+    """(path, format) of a drive (raw when not given). Other options are QEMU's own and
+    mean nothing to libvirt: refused."""
+    if drive.options:
+        raise UsageError(
+            f"--drive option {drive.options.split(',')[0]!r} is not supported by the libvirt driver",
+            hint="give PATH,format=FORMAT, or use --driver qemu",
+        )
+    return str(drive.path), drive.format or "raw"
 
 
 def domain_xml(
@@ -135,8 +130,8 @@ def domain_xml(
         _sub(store, "backingStore")
     _disk(devices, cfg.seed, "vdb", "raw", readonly=True)
     for index, drive in enumerate(cfg.extra_drives):
-        path, fmt = parse_drive(drive)
-        _disk(devices, Path(path).expanduser(), f"vd{chr(ord('c') + index)}", fmt)
+        path, fmt = drive_source(drive)
+        _disk(devices, Path(path), f"vd{chr(ord('c') + index)}", fmt)
     for mount in cfg.mounts:
         fs = _sub(
             devices,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ccloudvm.core.specs import MountSpec, PortSpec
+from ccloudvm.core.specs import DriveSpec, MountSpec, PortSpec
 from ccloudvm.guest.seed import GUEST_MAC
 from ccloudvm.vm.accel import Acceleration
 
@@ -43,7 +43,7 @@ class MachineConfig:
     ports: tuple[PortSpec, ...] = ()
     mounts: tuple[MountSpec, ...] = ()  # security_model already resolved
     boot: DirectBoot | None = None
-    extra_drives: tuple[str, ...] = field(default=())  # "path,format=raw[,...]" from --drive
+    extra_drives: tuple[DriveSpec, ...] = field(default=())  # --drive and vm.drives
 
 
 def command_line(qemu: str, cfg: MachineConfig) -> list[str]:
@@ -83,10 +83,15 @@ def command_line(qemu: str, cfg: MachineConfig) -> list[str]:
             "-device", f"virtio-9p-pci,fsdev={mount.tag},mount_tag={mount.tag}",
         ]  # fmt: skip
     for drive in cfg.extra_drives:
-        argv += ["-drive", f"file={drive},if=virtio"]
+        argv += ["-drive", _drive(drive)]
     if cfg.boot is not None:
         argv += ["-kernel", str(cfg.boot.kernel)]
         if cfg.boot.initrd is not None:
             argv += ["-initrd", str(cfg.boot.initrd)]
         argv += ["-append", cfg.boot.cmdline]
     return argv
+
+
+def _drive(drive: DriveSpec) -> str:
+    value = f"file={escape(drive.path)}" + (f",format={drive.format}" if drive.format else "")
+    return value + (f",{drive.options}" if drive.options else "") + ",if=virtio"

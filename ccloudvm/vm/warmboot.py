@@ -45,7 +45,7 @@ from ccloudvm.core import diskspace, ui
 from ccloudvm.core import pids as process
 from ccloudvm.core.errors import CcloudvmError
 from ccloudvm.core.proc import require_tool, run
-from ccloudvm.core.specs import MountSpec
+from ccloudvm.core.specs import DriveSpec, MountSpec
 from ccloudvm.images.catalog import BaseImage
 from ccloudvm.state import paths
 from ccloudvm.state.instance_state import pick_ssh_port
@@ -107,7 +107,7 @@ def slot_tag(index: int) -> str:
     return f"ccvm{index}"
 
 
-def fits(image: BaseImage, mounts: Sequence[MountSpec], drives: Sequence[str]) -> bool:
+def fits(image: BaseImage, mounts: Sequence[MountSpec], drives: Sequence[DriveSpec]) -> bool:
     """Whether instances with these mounts and drives can share the image's snapshots."""
     return image.warm_boot and len(mounts) <= MOUNT_SLOTS and not drives
 

@@ -6,17 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ccloudvm.core.specs import DriveSpec as DriveSpec  # declared with ports and mounts
 from ccloudvm.core.specs import MountSpec, PortSpec
 from ccloudvm.workloads.templating import Download
-
-
-@dataclass(frozen=True)
-class DriveSpec:
-    """An extra disk attached to the VM."""
-
-    path: Path
-    format: str = "qcow2"
-    options: str = ""
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from ccloudvm.instance import boot, checks
+from ccloudvm.core.specs import DriveSpec
+from ccloudvm.instance import boot
 from ccloudvm.state.instance_state import ImageRef, InstanceState, files_of, save_state
 from ccloudvm.state.paths import StateDir
 from ccloudvm.vm import ready
@@ -24,7 +25,16 @@ from ccloudvm.vm import ready
     ],
 )
 def test_drive_path_understands_qemus_comma_escape(drive: str, path: str) -> None:
-    assert checks.drive_path(drive) == path
+    assert DriveSpec.parse(drive).path == Path(path)
+    assert DriveSpec.parse(str(DriveSpec.parse(drive))) == DriveSpec.parse(drive)  # as recorded
+
+
+def test_a_drive_keeps_its_format_and_options_apart() -> None:
+    assert DriveSpec.parse("/d/a,,b.img,cache=none,format=raw") == DriveSpec(
+        Path("/d/a,b.img"), "raw", "cache=none"
+    )
+    assert DriveSpec.parse("/d/x.img") == DriveSpec(Path("/d/x.img"), "", "")  # QEMU probes it
+    assert DriveSpec.parse("~/x.img").path == Path.home() / "x.img"
 
 
 class _Target:

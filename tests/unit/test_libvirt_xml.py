@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from ccloudvm.core.errors import UsageError
-from ccloudvm.core.specs import MountSpec, PortSpec
+from ccloudvm.core.specs import DriveSpec, MountSpec, PortSpec
 from ccloudvm.vm.accel import Acceleration
-from ccloudvm.vm.libvirt_xml import QEMU_NS, domain_xml, owner_of, parse_drive
+from ccloudvm.vm.libvirt_xml import QEMU_NS, domain_xml, drive_source, owner_of
 from ccloudvm.vm.qemu import DirectBoot, MachineConfig
 
 VALIDATOR = shutil.which("virt-xml-validate")
@@ -41,7 +41,10 @@ FULL = dict(
         MountSpec(Path("/home/u/src"), "/mnt/src", "m0", "mapped-xattr"),
         MountSpec(Path("/srv/ro"), "/mnt/ro", "m1", "none", readonly=True),
     ),
-    extra_drives=("/data/extra.img,format=raw", "/data/b,,c.qcow2,format=qcow2"),
+    extra_drives=(
+        DriveSpec.parse("/data/extra.img,format=raw"),
+        DriveSpec.parse("/data/b,,c.qcow2,format=qcow2"),
+    ),
 )
 
 
@@ -124,7 +127,7 @@ def test_the_metadata_marks_the_domain_as_ours() -> None:
 
 
 def test_drive_options_libvirt_cannot_express_are_refused() -> None:
-    assert parse_drive("/d/x.img") == ("/d/x.img", "raw")
-    assert parse_drive("/d/a,,b.img,format=qcow2") == ("/d/a,b.img", "qcow2")
+    assert drive_source(DriveSpec.parse("/d/x.img")) == ("/d/x.img", "raw")
+    assert drive_source(DriveSpec.parse("/d/a,,b.img,format=qcow2")) == ("/d/a,b.img", "qcow2")
     with pytest.raises(UsageError, match="cache=none.*not supported by the libvirt driver"):
-        parse_drive("/d/x.img,cache=none")
+        drive_source(DriveSpec.parse("/d/x.img,cache=none"))

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ccloudvm.core.specs import MountSpec, PortSpec
+from ccloudvm.core.specs import DriveSpec, MountSpec, PortSpec
 from ccloudvm.vm.accel import Acceleration
 from ccloudvm.vm.qemu import DirectBoot, MachineConfig, command_line, escape
 
@@ -52,6 +52,17 @@ def test_mounts_become_9p_devices_with_escaped_paths() -> None:
         "local,id=mount0,path=/home/me/a,,b,security_model=mapped-xattr,readonly=on"
     ]
     assert "virtio-9p-pci,fsdev=mount0,mount_tag=mount0" in _option(argv, "-device")
+
+
+def test_extra_drives_go_to_the_command_line_as_they_were_given() -> None:
+    drives = (
+        DriveSpec(Path("/data/my,disk.img"), "raw", "cache=none"),  # a workload's vm.drives
+        DriveSpec.parse("/data/x.img"),  # a --drive without format: QEMU probes it
+    )
+    assert _option(command_line("qemu", _config(extra_drives=drives)), "-drive")[2:] == [
+        "file=/data/my,,disk.img,format=raw,cache=none,if=virtio",
+        "file=/data/x.img,if=virtio",
+    ]
 
 
 def test_direct_kernel_boot() -> None:

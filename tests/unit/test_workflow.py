@@ -261,7 +261,7 @@ def test_commas_in_drive_paths_are_escaped_for_qemu(
         f"image: debian-12\nvm:\n  drives: [{{path: '{disk}', format: raw, options: cache=none}}]\n"
     )
     request, _ = workflow.build_request(state, str(workload), workflow.CreateOptions(name="d1"))
-    assert request.drives == [f"{tmp_path}/my,,disk.img,format=raw,cache=none"]
+    assert [str(d) for d in request.drives] == [f"{tmp_path}/my,,disk.img,format=raw,cache=none"]
 
 
 def test_a_missing_drive_is_refused_before_anything_is_made(
