@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -129,7 +130,11 @@ def test_would_use_reads_the_cache_of_this_boot_and_writes_nothing(tmp_path: Pat
     root = _root(tmp_path)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    result = {"accel": "tcg", "nested": False, "reason": "a test guest did not boot"}
+    result: dict[str, Any] = {
+        "accel": "tcg",
+        "nested": False,
+        "reason": "a test guest did not boot",
+    }
     (run_dir / "accel.json").write_text(json.dumps({"boot_id": accel._boot_id(), "result": result}))
     assert accel.would_use(mode="auto", run_dir=run_dir, sys_root=root) == accel.Acceleration(
         **result
@@ -182,7 +187,7 @@ def test_a_device_this_user_cannot_open_rules_kvm_out_with_a_hint(
         # The kernel's answer for a user outside the device's group (root always may).
         return False if Path(str(path)) == device else real_access(path, mode)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(accel.os, "access", access)
+    monkeypatch.setattr(os, "access", access)  # the one os module accel asks
     ok, reason = accel.kvm_precheck(root)
     assert not ok
     assert reason.startswith("/dev/kvm is not accessible to this user (")
