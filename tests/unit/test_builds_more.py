@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ccloudvm.app import builds
+from ccloudvm.app import buildindex, builds
 from ccloudvm.core import pids
 from ccloudvm.core.errors import CcloudvmError, NotFoundError, StateError, UsageError
 from ccloudvm.images import catalog as images
@@ -141,29 +141,29 @@ def test_the_build_key_follows_the_workload_and_its_base_image(
     (state.user_workloads / "one.yaml").write_text("image: debian-12\ndescription: one\n")
     (state.user_workloads / "two.yaml").write_text("image: debian-12\ndescription: two\n")
     one = load_workload(state, "one", ctx)
-    key = builds.build_key(state, one)
-    assert len(key) == 16 and key == builds.build_key(state, load_workload(state, "one", ctx))
-    assert key != builds.build_key(state, load_workload(state, "two", ctx))
+    key = buildindex.build_key(state, one)
+    assert len(key) == 16 and key == buildindex.build_key(state, load_workload(state, "one", ctx))
+    assert key != buildindex.build_key(state, load_workload(state, "two", ctx))
 
 
 def test_base_key_of_a_saved_image_is_its_newest_cached_key(tmp_path: Path) -> None:
     state = StateDir(tmp_path)
-    assert builds.base_key(state, "debian-12") == images.load_definition(state, "debian-12").key
+    assert buildindex.base_key(state, "debian-12") == images.load_definition(state, "debian-12").key
     cached_image(state, "mine", "saved", "1111")
     cached_image(state, "mine", "saved", "2222")
-    assert builds.base_key(state, "mine") == "2222"
+    assert buildindex.base_key(state, "mine") == "2222"
     with pytest.raises(NotFoundError, match="no image definition called 'nothing'"):
-        builds.base_key(state, "nothing")
+        buildindex.base_key(state, "nothing")
 
 
 def test_a_recorded_build_is_found_again(tmp_path: Path) -> None:
     state = StateDir(tmp_path)
     cached_image(state, "w-build-1234abcd", "saved", "eeee")
     image = images.cached_images(state)[0]
-    builds._record_build(state, "k1", image, "w")
+    buildindex.record_build(state, "k1", image, "w")
     record = json.loads((state.cache / "builds" / "k1.json").read_text())
     assert record == {"image": "w-build-1234abcd", "workload": "w", "image_key": "eeee"}
-    assert builds.find_build(state, "k1") == image
+    assert buildindex.find_build(state, "k1") == image
     assert [p.name for p in (state.cache / "builds").iterdir()] == ["k1.json"]  # no tmp left
 
 
@@ -203,21 +203,19 @@ def test_prune_keeps_everything_a_damaged_record_or_definition_might_need(
 def test_a_workload_built_before_is_not_built_again(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from types import SimpleNamespace
-
     from ccloudvm.app import workflow
 
     state = StateDir(tmp_path)
     state.user_workloads.mkdir(parents=True)
     (state.user_workloads / "w.yaml").write_text("image: debian-12\ndescription: w\n")
-    key = builds.build_key(state, workflow.resolve(state, "w", builds.BUILD_INSTANCE_NAME))
+    workload = workflow.Loaded(state, "w").render(buildindex.BUILD_INSTANCE_NAME)
+    key = buildindex.build_key(state, workload)
     cached_image(state, "w-build-1234abcd", "saved", "eeee")
-    builds._record_build(state, key, images.cached_images(state)[0], "w")
-    options = SimpleNamespace(use_cache=True)
-    image = builds.build(state, "w", options)
+    buildindex.record_build(state, key, images.cached_images(state)[0], "w")
+    image = builds.build(state, "w", workflow.CreateOptions())
     assert image.name == "w-build-1234abcd"
     assert (
         "w is already built as image w-build-1234abcd (use --no-cache to rebuild)"
         in capsys.readouterr().err
     )
-    assert options.use_cache  # nothing was created
+    assert not state.instances.exists()  # nothing was created
