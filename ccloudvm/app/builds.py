@@ -29,6 +29,7 @@ from ccloudvm.instance import lifecycle as instance
 from ccloudvm.instance.status import status as instance_status
 from ccloudvm.state.instance_state import files_of, instance_names, load_state
 from ccloudvm.state.paths import StateDir
+from ccloudvm.vm import drivers
 
 
 def _save_needs(disk: Path) -> int:
@@ -44,6 +45,11 @@ def save_instance(
     """Turn stopped instance `name` into the reusable image `image_name`."""
     inst = load_state(state, name)
     files = files_of(state, name)
+    if drivers.is_remote(inst):
+        raise UsageError(
+            f"{name!r} runs on another host: its disk is there, not here to save",
+            hint="save images from instances on this host (a local --connect or --driver qemu)",
+        )
     if instance_status(state, name).state not in ("stopped", "crashed"):
         raise StateError(
             f"{name!r} is running; an image must be saved from a stopped instance",

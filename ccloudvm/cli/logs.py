@@ -3,11 +3,16 @@ the guest, or the provision steps' output."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from ccloudvm.cli import completion
 from ccloudvm.cli.targets import pick_instance, state_dir
 from ccloudvm.core.errors import CcloudvmError, UsageError
+
+if TYPE_CHECKING:
+    from ccloudvm.state.paths import StateDir
 
 
 @click.command()
@@ -72,22 +77,37 @@ def logs(name: str | None, cloud_init: bool, provision_log: bool, lines: int, fo
         raw = path.read_bytes() if path.exists() else b""
         text = raw.decode(errors="replace")
         if follow:
-            from ccloudvm.core import logfollow
-            from ccloudvm.core import pids as process
-
-            def going() -> bool:
-                return creation(files) == "creating" or (
-                    process.running_pid(files.pidfile, files.dir) is not None
-                )
-
-            if lines:
-                text = "\n".join(text.splitlines()[-lines:]) + "\n"
-            click.echo(text, nl=False)
-            logfollow.follow(path, len(raw), going)
+            _follow(state, name, text, len(raw), lines)
             return
     if lines:
         text = "\n".join(text.splitlines()[-lines:]) + "\n"
     click.echo(text, nl=False)
+
+
+def _follow(state: StateDir, name: str, text: str, offset: int, lines: int) -> None:
+    """Print the console's last `lines` (all when 0), then what comes, until the VM stops."""
+    from ccloudvm.core import logfollow
+    from ccloudvm.core import pids as process
+    from ccloudvm.state.instance_state import creation, files_of, load_state
+    from ccloudvm.vm import drivers
+
+    files = files_of(state, name)
+    inst = load_state(state, name) if files.state.exists() else None
+    remote = inst is not None and drivers.is_remote(inst)
+    if remote:  # its console is a pty on that host: copied here while we follow
+        drivers.for_instance(files, inst).tap_console()  # type: ignore[arg-type,attr-defined]
+
+    def going() -> bool:
+        if remote:
+            return drivers.machine_running(files, inst)  # type: ignore[arg-type]
+        return creation(files) == "creating" or (
+            process.running_pid(files.pidfile, files.dir) is not None
+        )
+
+    if lines:
+        text = "\n".join(text.splitlines()[-lines:]) + "\n"
+    click.echo(text, nl=False)
+    logfollow.follow(files.serial, offset, going)
 
 
 commands = [logs]

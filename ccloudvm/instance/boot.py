@@ -91,7 +91,7 @@ def launch(
         stale.unlink(missing_ok=True)
     if files.serial.exists():
         files.serial.replace(files.serial.with_suffix(".log.1"))
-    if not port_free(inst.host_ip, inst.ssh_port):
+    if not drivers.is_remote(inst) and not port_free(inst.host_ip, inst.ssh_port):
         inst.ssh_port = pick_ssh_port(inst.host_ip, inst.ssh_port + 1)
         # The pinned host key names the port (system ssh reads it): pin it on the new one.
         public = files.host_key_pub.read_text().strip()
@@ -144,9 +144,14 @@ def wait_ready(
 def ssh_target_for(state: StateDir, inst: InstanceState, *, deadline: float) -> SSHTarget:
     """Connect to the instance with its pinned host key, retrying until `deadline`."""
     host_key = files_of(state, inst.name).host_key_pub.read_text().strip()
+    jump = None
+    if drivers.is_remote(inst):  # its SSH forward listens on that host's loopback
+        from ccloudvm.vm.libvirt_uri import jump_host
+
+        jump = jump_host(inst.connect)
     return wait_for_ssh(
         name=inst.name, host=inst.host_ip, port=inst.ssh_port, user=inst.guest_user,
-        key_path=state.private_key, host_key_public=host_key, deadline=deadline,
+        key_path=state.private_key, host_key_public=host_key, deadline=deadline, jump=jump,
     )  # fmt: skip
 
 

@@ -95,6 +95,7 @@ def _check(state: StateDir, name: str, req: CreateRequest) -> _Checked:
     _check_drives(req.drives)
     _check_ports(req.ports, allocate_host_ip({s.host_ip for s in all_states(state)}))
     if req.driver == "libvirt":  # the URI answers; no domain of that name is someone else's
+        libvirt_driver.check_remote_request(req.connect, mounts, req.drives, req.ports)
         libvirt_driver.check_create(req.connect, name, state.instance_dir(name))
     require_tool("qemu-system-x86_64")
     require_tool("qemu-img")

@@ -108,6 +108,11 @@ def _resize(files: InstanceFiles, inst: InstanceState, resize: Resize) -> None:
         disk_gib=resize.disk_gib or inst.disk_gib,
     )  # fmt: skip
     mem, cpus, disk = _check_sizes(request)
+    if resize.disk_gib is not None and drivers.is_remote(inst):
+        raise UsageError(
+            f"{inst.name}'s disk is a volume on another host; --disk cannot grow it from here",
+            hint="leave out --disk (--mem and --cpus work), or grow it there: virsh vol-resize",
+        )
     current = _disk_virtual_size_gib(files.disk)
     if resize.disk_gib is not None and disk < current:
         raise UsageError(

@@ -35,7 +35,7 @@ from ccloudvm.state.instance_state import (
     save_state,
 )
 from ccloudvm.state.paths import StateDir
-from ccloudvm.vm import qmp
+from ccloudvm.vm import drivers, qmp
 
 META = "snapshot.json"
 PREFIX = "ccloudvm-"  # internal snapshot names: never a bare number, which qemu-img takes as an id
@@ -122,6 +122,7 @@ def save(state: StateDir, name: str, snap: str | None = None) -> str:
     load_state(state, name)
     with vmstate.locked(files):
         inst = load_state(state, name)
+        drivers.require_qemu(inst, "a snapshot")
         if (folder(files, snap) / META).exists():
             raise UsageError(
                 f"{name!r} already has a snapshot {snap!r}",
@@ -215,6 +216,7 @@ def restore(state: StateDir, name: str, snap: str | None = None) -> str:
     load_state(state, name)
     with vmstate.locked(files):
         inst = load_state(state, name)
+        drivers.require_qemu(inst, "a snapshot")
         snap = _find(state, files, name, snap)
         where = folder(files, snap)
         meta = vmstate.read_meta(where / META)

@@ -11,7 +11,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from ccloudvm.core import pids as process
-from ccloudvm.state.instance_state import InstanceFiles, creation, files_of, load_state
+from ccloudvm.state.instance_state import (
+    InstanceFiles,
+    InstanceState,
+    creation,
+    files_of,
+    load_state,
+)
 from ccloudvm.state.paths import StateDir
 
 
@@ -49,6 +55,8 @@ def status(state: StateDir, name: str) -> InstanceStatus:
     pid = process.running_pid(files.pidfile, files.dir)
     if making is not None:
         run_state = making  # a create that runs, or one that ended without a ready guest
+    elif inst.driver == "libvirt" and _remote(inst.connect):
+        run_state = _remote_state(files, inst)
     elif pid is None and (files.suspended / "suspend.json").is_file():
         run_state = "suspended"  # ccloudvm.instance.suspend: the running state saved, QEMU gone
     elif pid is None:
@@ -84,3 +92,23 @@ def _early_status(name: str, making: str, files: InstanceFiles) -> InstanceStatu
         disk_gib=0, accel="", driver="-", boot="-", ssh="-", ports=[], mounts=[], proxy="-",
         directory=str(files.dir),
     )  # fmt: skip
+
+
+def _remote(uri: str) -> bool:
+    from ccloudvm.vm.libvirt_uri import is_remote
+
+    return is_remote(uri)
+
+
+def _remote_state(files: InstanceFiles, inst: InstanceState) -> str:
+    """Its domain runs elsewhere: libvirt there knows its state, if that host answers."""
+    import logging
+
+    from ccloudvm.core.errors import CcloudvmError
+    from ccloudvm.vm import drivers
+
+    try:
+        return drivers.for_instance(files, inst).status()
+    except CcloudvmError as exc:
+        logging.getLogger("ccloudvm.status").debug("%s: %s", inst.name, exc)
+        return "unreachable"

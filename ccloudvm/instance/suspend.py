@@ -26,6 +26,7 @@ from ccloudvm.state.instance_state import (
     save_state,
 )
 from ccloudvm.state.paths import StateDir
+from ccloudvm.vm import drivers
 
 META = "suspend.json"
 FORMAT = 1
@@ -40,6 +41,7 @@ def suspend(state: StateDir, name: str) -> None:
     load_state(state, name)  # a missing instance fails here, before a lock file is made
     with vmstate.locked(files):
         inst = load_state(state, name)
+        drivers.require_qemu(inst, "suspend")
         pid = process.running_pid(files.pidfile, files.dir)
         if pid is None:
             if is_suspended(files):

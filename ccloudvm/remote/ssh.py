@@ -23,6 +23,7 @@ import paramiko
 
 from ccloudvm.core.errors import CcloudvmError
 from ccloudvm.remote.commands import LineSplitter, build_command
+from ccloudvm.remote.jump import JumpHost, JumpHostError
 from ccloudvm.remote.sftp import SFTPFiles
 from ccloudvm.remote.target import OutputSink
 
@@ -84,9 +85,12 @@ class SSHTarget:
     """One instance reached over SSH; implements ccloudvm.remote.target.Target."""
 
     def __init__(
-        self, *, name: str, host: str, port: int, user: str, key_path: Path, host_key_public: str
-    ) -> None:
+        self, *, name: str, host: str, port: int, user: str, key_path: Path, host_key_public: str,
+        jump: JumpHost | None = None,
+    ) -> None:  # fmt: skip
         self.name = name
+        self.jump = jump  # the VM runs on another host: reach its forward through that host
+        self._jump_client: paramiko.SSHClient | None = None
         self.host = host
         self.port = port
         self.user = user
@@ -124,18 +128,15 @@ class SSHTarget:
         client.set_missing_host_key_policy(_PinnedKeyPolicy(self.name, expected))
         connected = False
         try:
+            sock = None
+            if self.jump is not None:
+                self._jump_client = self._jump_client or self.jump.connect(timeout)
+                sock = self.jump.channel_to(self._jump_client, self.host, self.port)
             client.connect(
-                self.host,
-                port=self.port,
-                username=self.user,
-                pkey=pkey,
-                look_for_keys=False,
-                allow_agent=False,
-                timeout=timeout,
-                banner_timeout=timeout,
-                auth_timeout=timeout,
-                channel_timeout=timeout,
-            )
+                self.host, port=self.port, username=self.user, pkey=pkey, sock=sock,
+                look_for_keys=False, allow_agent=False, timeout=timeout,
+                banner_timeout=timeout, auth_timeout=timeout, channel_timeout=timeout,
+            )  # fmt: skip
             connected = True
         except Exception as exc:
             raise self._connect_error(exc, timeout, expected) from exc
@@ -185,6 +186,9 @@ class SSHTarget:
         if self._client is not None:
             self._client.close()
             self._client = None
+        if self._jump_client is not None:
+            self._jump_client.close()
+            self._jump_client = None
 
     def __enter__(self) -> SSHTarget:
         self.connect()
@@ -357,6 +361,7 @@ def wait_for_ssh(
     host_key_public: str,
     deadline: float,
     on_attempt: Callable[[str], None] | None = None,
+    jump: JumpHost | None = None,
 ) -> SSHTarget:
     """Connect as soon as the instance lets us in; give up at time.monotonic() >= deadline.
 
@@ -370,16 +375,14 @@ def wait_for_ssh(
         if now >= deadline:
             break
         target = SSHTarget(
-            name=name,
-            host=host,
-            port=port,
-            user=user,
-            key_path=key_path,
-            host_key_public=host_key_public,
-        )
+            name=name, host=host, port=port, user=user, key_path=key_path,
+            host_key_public=host_key_public, jump=jump,
+        )  # fmt: skip
         try:
             target.connect(timeout=min(5.0, max(deadline - now, 0.2)))
             return target
+        except JumpHostError:
+            raise
         except CcloudvmError as exc:
             last = exc.message
             if on_attempt is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from ccloudvm.core import pids as process
 from ccloudvm.core.errors import UsageError
 from ccloudvm.state.instance_state import InstanceFiles, InstanceState
 from ccloudvm.vm import qemu
@@ -61,6 +62,31 @@ def check_choice(driver: str, connect: str | None) -> str:
             )
         return ""
     return connect or DEFAULT_LIBVIRT_URI
+
+
+def is_remote(inst: InstanceState) -> bool:
+    """The instance's machine runs on another host (libvirt over SSH)."""
+    if inst.driver != "libvirt":
+        return False
+    from ccloudvm.vm.libvirt_uri import is_remote as remote_uri
+
+    return remote_uri(inst.connect)
+
+
+def machine_running(files: InstanceFiles, inst: InstanceState) -> bool:
+    """Whether the instance's machine runs: its pid file here, or its domain over there."""
+    if is_remote(inst):
+        return for_instance(files, inst).is_running()
+    return process.running_pid(files.pidfile, files.dir) is not None
+
+
+def require_qemu(inst: InstanceState, what: str) -> None:
+    """`what` (suspend, snapshots) works on QEMU's own monitor, which libvirt keeps."""
+    if inst.driver != "qemu":
+        raise UsageError(
+            f"{what} of {inst.name!r} needs the QEMU driver; it runs under libvirt",
+            hint="use 'ccloudvm stop' and 'start' with it, or create the instance with --driver qemu",
+        )
 
 
 def for_instance(files: InstanceFiles, inst: InstanceState) -> Driver:

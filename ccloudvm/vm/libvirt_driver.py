@@ -6,22 +6,24 @@ driver's command line, redefined before every start (sizes and the SSH port may 
 changed), and marked in its metadata with the instance's folder: a domain of the same
 name without that mark is someone else's and is never touched.
 
-Only local URIs for now (qemu:///session, qemu:///system): the domain names the
-instance's files by their paths on this host.
+Locally (qemu:///session, qemu:///system) the domain names the instance's files by
+their paths here. On another host (qemu+ssh://USER@HOST/system) they are volumes of a
+storage pool there (ccloudvm.vm.libvirt_storage), uploaded once; the console comes back
+through a libvirt stream, and SSH to the guest goes through that host.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from ccloudvm.core import ui
 from ccloudvm.core.errors import CcloudvmError, UsageError
 from ccloudvm.core.proc import find_program
 from ccloudvm.state.instance_state import InstanceFiles, InstanceState
-from ccloudvm.vm import qemu
+from ccloudvm.vm import libvirt_storage, libvirt_uri, qemu
 from ccloudvm.vm.libvirt_xml import domain_xml, owner_of
 from ccloudvm.vm.machine import LaunchFailed
 
@@ -67,18 +69,10 @@ def _message(exc: Exception) -> str:
     return str(text or exc).strip().splitlines()[0] if str(text or exc).strip() else repr(exc)
 
 
-def check_local(uri: str) -> None:
-    if urlsplit(uri).hostname:
-        raise UsageError(
-            f"libvirt on another host ({uri}) is not supported yet",
-            hint="use a local URI: qemu:///session or qemu:///system",
-        )
-
-
 def connect(uri: str) -> Any:
     """An open connection to `uri`, or one line saying why not."""
     libvirt = _libvirt()
-    check_local(uri)
+    libvirt_uri.check(uri)
     try:
         conn = libvirt.open(uri)
     except libvirt.libvirtError as exc:
@@ -124,6 +118,29 @@ def check_create(uri: str, name: str, folder: Path) -> None:
         conn.close()
 
 
+def check_remote_request(uri: str, mounts: list[Any], drives: list[Any], ports: list[Any]) -> None:
+    """A VM on another host cannot see this host's folders or files, nor listen here."""
+    host = libvirt_uri.host_of(uri)
+    if not host:
+        return
+    if mounts:
+        raise UsageError(
+            f"a VM on {host} cannot mount this host's folder {mounts[0].host_path}",
+            hint="drop --mount (a workload's vm.mounts too: copy files in with 'ccloudvm copy'), "
+            "or use a local URI",
+        )
+    if drives:
+        raise UsageError(
+            f"a VM on {host} cannot use this host's file {drives[0].path} as a drive",
+            hint="drop --drive, or use a local URI",
+        )
+    if ports:
+        raise UsageError(
+            f"--port {ports[0].endpoint()} would listen on {host}, not here",
+            hint=f"drop it, and forward through {host} yourself (ssh -L)",
+        )
+
+
 _STATES = {
     0: "unknown",
     1: "running",
@@ -143,6 +160,8 @@ class LibvirtDriver:
         self.uri = inst.connect or "qemu:///session"
         self._conn: Any = None
         self._xml = ""
+        self.remote = libvirt_uri.is_remote(self.uri)
+        self._console: libvirt_storage.ConsoleTap | None = None
 
     def _connection(self) -> Any:
         if self._conn is None:
@@ -168,24 +187,67 @@ class LibvirtDriver:
         if restore is not None:
             raise LaunchFailed("the libvirt driver does not start from warm-boot snapshots")
         dom = self._domain()
+        backing = Path(self.inst.image.disk)
+        if self.remote:
+            machine, backing = self._put_remote(machine, backing)
         self._xml = domain_xml(
             machine,
-            backing=Path(self.inst.image.disk),
+            backing=backing,
             owner=str(self.files.dir),
             uuid=dom.UUIDString() if dom is not None else "",
+            remote=self.remote,
         )
         (self.files.dir / "domain.xml").write_text(self._xml)  # what was defined, to read
+
+    @property
+    def _disk_volume(self) -> str:
+        return f"{self.inst.name}-disk.qcow2"
+
+    def _put_remote(
+        self, machine: qemu.MachineConfig, image: Path
+    ) -> tuple[qemu.MachineConfig, Path]:
+        """The machine with its files as volumes on the remote host (uploaded if new)."""
+        libvirt, conn = _libvirt(), self._connection()
+        store = libvirt_storage.pool(libvirt, conn, self.uri)
+
+        def put(path: Path) -> Path:
+            return Path(libvirt_storage.upload(libvirt, conn, store, path, self.uri))
+
+        remote_image = put(image)
+        boot = machine.boot
+        if boot is not None:
+            initrd = put(boot.initrd) if boot.initrd is not None else None
+            boot = qemu.DirectBoot(put(boot.kernel), initrd, boot.cmdline)
+        size = self.inst.disk_gib << 30
+        disk = libvirt_storage.disk(
+            libvirt, store, self._disk_volume, str(remote_image), size, self.uri
+        )
+        changed = dataclasses.replace(machine, disk=Path(disk), seed=put(machine.seed), boot=boot)
+        return changed, remote_image
 
     def start(self) -> None:
         libvirt = _libvirt()
         try:
             dom = self._connection().defineXML(self._xml)
             dom.create()
+            if self.remote:  # its console is a pty there: copied into our serial log
+                self._tap(dom)
         except libvirt.libvirtError as exc:
             raise LaunchFailed(
                 f"libvirt failed to start {self.inst.name!r}: {_message(exc)}",
                 hint=f"the domain it was given is {self.files.dir / 'domain.xml'}",
             ) from None
+
+    def _tap(self, dom: Any) -> None:
+        self._console = libvirt_storage.ConsoleTap(
+            _libvirt(), self._connection(), dom, Path(self.files.serial)
+        )
+
+    def tap_console(self) -> None:
+        """Copy a running remote domain's console into the serial log from now on."""
+        dom = self._domain()
+        if self.remote and dom is not None and dom.isActive():
+            self._call("open the console of", self._tap, dom)
 
     def is_running(self) -> bool:
         dom = self._domain()
@@ -229,6 +291,12 @@ class LibvirtDriver:
             | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
         )
         self._call("undefine", dom.undefineFlags, flags)
+        if self.remote:  # the image's volumes stay, for the next instance of that image
+            names = [self._disk_volume]
+            if self.files.seed.exists():
+                names.append(libvirt_storage.volume_name(self.files.seed))
+            store = libvirt_storage.pool(libvirt, self._connection(), self.uri)
+            libvirt_storage.remove(libvirt, store, names)
 
     @property
     def console_log(self) -> Path:

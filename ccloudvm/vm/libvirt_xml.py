@@ -82,10 +82,13 @@ def domain_xml(
     owner: str = "",
     uuid: str = "",
     emulator: str = "",
+    remote: bool = False,
 ) -> str:
     """The domain for `cfg`. `backing` is the overlay's backing file (qcow2), `owner` the
     instance folder recorded in the metadata that marks the domain as ccloudvm's, `uuid`
-    the one libvirt gave it when it was first defined (a redefinition must keep it)."""
+    the one libvirt gave it when it was first defined (a redefinition must keep it).
+    `remote`: the domain runs on another host, where cfg's paths are volumes' paths; its
+    console is a pty there (read through libvirt) and it has no pid file of ours."""
     kvm = cfg.accel.is_kvm
     domain = ET.Element("domain", {"type": "kvm" if kvm else "qemu"})
     _sub(domain, "name", cfg.name)
@@ -144,8 +147,9 @@ def domain_xml(
         _sub(fs, "target", dir=mount.tag)
         if mount.readonly:
             _sub(fs, "readonly")
-    serial = _sub(devices, "serial", type="file")
-    _sub(serial, "source", path=str(cfg.serial_log))
+    serial = _sub(devices, "serial", type="pty" if remote else "file")
+    if not remote:
+        _sub(serial, "source", path=str(cfg.serial_log))
     _sub(serial, "target", port="0")
     _sub(devices, "controller", type="usb", model="none")
     _sub(_sub(devices, "video"), "model", type="none")
@@ -158,8 +162,9 @@ def domain_xml(
     args = [
         "-netdev", "user,id=ccnet0," + ",".join(forwards),
         "-device", f"virtio-net-pci,netdev=ccnet0,mac={GUEST_MAC},{NIC_ADDRESS}",
-        "-pidfile", str(cfg.pidfile),
     ]  # fmt: skip
+    if not remote:
+        args += ["-pidfile", str(cfg.pidfile)]
     commandline = _sub(domain, f"{{{QEMU_NS}}}commandline")
     for arg in args:
         _sub(commandline, f"{{{QEMU_NS}}}arg", value=arg)

@@ -98,10 +98,28 @@ def test_a_libvirt_uri_that_does_not_answer(tmp_path: Path) -> None:
     assert not (tmp_path / "instances" / "dev").exists()
 
 
-def test_a_remote_libvirt_is_refused_for_now(tmp_path: Path) -> None:
+REMOTE = "qemu+ssh://u@h.example/system"
+
+
+def test_a_remote_libvirt_cannot_mount_this_hosts_folders(tmp_path: Path) -> None:
     pytest.importorskip("libvirt")
-    result = _create(tmp_path, "--driver", "libvirt", "--connect", "qemu+ssh://u@h/system")
-    _one_line(result, 2, "not supported yet")
+    (tmp_path / "src").mkdir()
+    result = _create(tmp_path, "--driver", "libvirt", "--connect", REMOTE,
+                     "--mount", f"{tmp_path / 'src'}:/src")  # fmt: skip
+    _one_line(result, 2, f"a VM on h.example cannot mount this host's folder {tmp_path / 'src'}")
+    assert not (tmp_path / "instances" / "dev").exists()
+
+
+def test_a_remote_libvirt_cannot_listen_here(tmp_path: Path) -> None:
+    pytest.importorskip("libvirt")
+    result = _create(tmp_path, "--driver", "libvirt", "--connect", REMOTE, "--port", "18080:80")
+    _one_line(result, 2, "--port 127.0.0.1:18080 -> 80 would listen on h.example, not here")
+
+
+def test_a_remote_libvirt_without_ssh_is_refused(tmp_path: Path) -> None:
+    pytest.importorskip("libvirt")
+    result = _create(tmp_path, "--driver", "libvirt", "--connect", "qemu+tcp://h.example/system")
+    _one_line(result, 2, "needs an SSH transport")
 
 
 def test_instances_shows_the_driver_and_where_it_runs(tmp_path: Path) -> None:

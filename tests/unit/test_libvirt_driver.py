@@ -220,16 +220,32 @@ def test_a_uri_that_does_not_answer_says_so_in_one_line(fake: FakeLibvirt) -> No
     assert info.value.hint is not None and "libvirtd or virtqemud" in info.value.hint
 
 
-def test_a_remote_uri_is_refused_before_connecting(fake: FakeLibvirt) -> None:
-    with pytest.raises(UsageError, match="another host"):
-        libvirt_driver.connect("qemu+ssh://u@h/system")
+@pytest.mark.parametrize(
+    ("uri", "says"),
+    [
+        ("qemu+tcp://h/system", "needs an SSH transport, not 'tcp'"),
+        ("qemu://h/system", "needs an SSH transport, not 'tcp'"),
+        ("lxc:///", "is not a QEMU URI"),
+        ("qemu+ssh://u@h/", "names neither /system nor /session"),
+    ],
+)
+def test_a_uri_the_driver_cannot_use_is_refused_before_connecting(
+    fake: FakeLibvirt, uri: str, says: str
+) -> None:
+    with pytest.raises(UsageError, match=says):
+        libvirt_driver.connect(uri)
     assert fake.opened == []
+
+
+def test_a_remote_ssh_uri_is_opened(fake: FakeLibvirt) -> None:
+    assert libvirt_driver.connect("qemu+ssh://u@h/system") is fake.conn
+    assert fake.opened == ["qemu+ssh://u@h/system"]
 
 
 def test_a_uri_of_another_hypervisor_is_refused(fake: FakeLibvirt) -> None:
     fake.conn.kind = "LXC"
     with pytest.raises(UsageError, match="is libvirt's LXC driver, not QEMU"):
-        libvirt_driver.connect("lxc:///")
+        libvirt_driver.connect("qemu:///system")
 
 
 def test_an_error_without_a_message_is_shown_by_its_repr() -> None:
