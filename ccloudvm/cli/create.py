@@ -74,7 +74,9 @@ from ccloudvm.core import defaults, sizes, ui
 @click.option(
     "--connect",
     metavar="URI",
-    help="The libvirt URI for --driver libvirt (default qemu:///session).",
+    help="The libvirt URI for --driver libvirt (default qemu:///session); on another host "
+    "qemu+ssh://USER@HOST/system: image and seed are uploaded there, SSH goes through it, "
+    "no --mount/--port/--drive.",
 )
 @click.option(
     "--no-proxy-propagation",
