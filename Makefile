@@ -18,7 +18,7 @@ LIBVIRT_PACKAGES := libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients li
 LIBVIRT ?=
 DEMO ?= demo
 
-.PHONY: setup host-packages venv libvirt demo test unit e2e lint coverage bench clean
+.PHONY: setup host-packages venv libvirt test-sshd demo test unit e2e lint coverage bench clean
 
 setup: venv host-packages $(if $(filter 1,$(LIBVIRT)),libvirt)
 
@@ -32,11 +32,29 @@ $(VENV)/.installed: pyproject.toml
 
 # The libvirt driver: its host packages, then the `libvirt` extra (libvirt-python, built
 # against the host's libvirt; the venv's Python is not Debian's, so python3-libvirt would
-# not do). `ccloudvm setup` says whether the driver is usable.
+# not do). `ccloudvm setup` says whether the driver is usable. The remote libvirt tests
+# also need `make test-sshd` (below; `make test` runs it).
 libvirt: venv
 	$(MAKE) --no-print-directory host-packages HOST_PACKAGES="$(LIBVIRT_PACKAGES)" \
 		APT_OPTIONS=--no-install-recommends
 	$(PY) -m pip install -q -e '.[test,libvirt]'
+
+# The remote libvirt tests' "remote host" is a libvirtd and an sshd in a private mount
+# namespace on this machine. That sshd is Debian's, unpacked into build/test-sshd/ and run
+# from there: installing openssh-server would start (and leave) the host's sshd service.
+# `apt-get download` needs no root; the package lists are refreshed only if it fails.
+TEST_SSHD := build/test-sshd
+test-sshd: $(TEST_SSHD)/usr/sbin/sshd
+
+$(TEST_SSHD)/usr/sbin/sshd:
+	rm -rf $(TEST_SSHD).tmp && mkdir -p $(TEST_SSHD).tmp/debs
+	cd $(TEST_SSHD).tmp/debs && { apt-get download -q openssh-server libwrap0 || { \
+		sudo=; [ "$$(id -u)" = 0 ] || sudo="sudo -n"; \
+		$$sudo apt-get update -q && apt-get download -q openssh-server libwrap0; }; }
+	for deb in $(TEST_SSHD).tmp/debs/*.deb; do dpkg-deb -x "$$deb" $(TEST_SSHD).tmp/root; done
+	LD_LIBRARY_PATH=$(TEST_SSHD).tmp/root/usr/lib/x86_64-linux-gnu \
+		$(TEST_SSHD).tmp/root/usr/sbin/sshd -V 2>&1 | grep OpenSSH
+	rm -rf $(TEST_SSHD) && mv $(TEST_SSHD).tmp/root $(TEST_SSHD) && rm -rf $(TEST_SSHD).tmp
 
 # Installs only what is missing; needs root (or passwordless sudo) when something is.
 APT_OPTIONS ?=
@@ -63,8 +81,9 @@ demo: setup
 	@echo "The demo instance keeps running: '$(CCLOUDVM) connect $(DEMO)' opens a shell, '$(CCLOUDVM) delete $(DEMO)' removes it (or put $(CURDIR)/$(VENV)/bin on PATH)."
 
 # Unit tests, lint, then end-to-end tests on real VMs (TCG where KVM does not work). The
-# libvirt driver is set up too, so that none of its tests is skipped.
-test: setup libvirt
+# libvirt driver and the remote libvirt tests' sshd are set up too, so that none of their
+# tests is skipped.
+test: setup libvirt test-sshd
 	$(PY) -m pytest -q tests/unit tests/e2e
 
 unit: venv
