@@ -15,7 +15,8 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,8 @@ import yaml
 
 from ccloudvm.images import catalog as images
 from ccloudvm.state.paths import StateDir, resource_dir
+from tests.e2e import libvirt_daemon
+from tests.e2e.libvirt_daemon import RemoteLibvirt
 from tests.support.httpserver import FileServer, serve_directory
 
 IMAGE = "debian-12"
@@ -159,3 +162,37 @@ def qemu_pids(folder: Path) -> list[int]:
         if b"qemu-system" in cmdline and f"{folder}/".encode() in cmdline:
             pids.append(int(proc.name))
     return pids
+
+
+@pytest.fixture
+def libvirt_uri(tmp_path: Path) -> Iterator[str]:
+    """A local libvirtd of the test's own (see tests/e2e/libvirt_daemon.py): its URI,
+    qemu:///system?socket=<its socket in the test's folder>."""
+    pytest.importorskip("libvirt", reason="libvirt-python is not installed (make libvirt)")
+    with libvirt_daemon.local_daemon(tmp_path / "libvirt") as uri:
+        yield uri
+
+
+RemoteLibvirtFactory = Callable[[Sequence[Path]], AbstractContextManager[RemoteLibvirt]]
+
+
+@pytest.fixture
+def remote_libvirt_factory(tmp_path_factory: pytest.TempPathFactory) -> RemoteLibvirtFactory:
+    """`with remote_libvirt_factory([folder, ...]) as remote:` a "remote" libvirt host on
+    this machine (a libvirtd and an sshd in a private mount namespace) that sees each
+    folder given as empty; `remote` is a RemoteLibvirt. Gone when the block ends."""
+    missing = libvirt_daemon.remote_missing()
+    if missing:
+        pytest.skip(missing)
+
+    def start(hide: Sequence[Path] = ()) -> AbstractContextManager[RemoteLibvirt]:
+        return libvirt_daemon.remote_daemon(tmp_path_factory.mktemp("remote-libvirt"), hide)
+
+    return start
+
+
+@pytest.fixture
+def remote_libvirt(remote_libvirt_factory: RemoteLibvirtFactory) -> Iterator[RemoteLibvirt]:
+    """The "remote" libvirt host of remote_libvirt_factory, with nothing hidden."""
+    with remote_libvirt_factory(()) as remote:
+        yield remote

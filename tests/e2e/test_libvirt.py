@@ -1,11 +1,12 @@
 """The libvirt driver on a real VM, through a libvirt daemon the test starts and removes.
 
-The daemon is libvirtd run as root in the foreground, in a mount namespace of its own
-where /run, /var/lib, /var/cache, /var/log and /etc/libvirt are empty tmpfs: everything it
-writes (domain definitions, logs, pid files) vanishes with it, and only its socket, in the
-test's folder, is seen from outside (qemu:///system?socket=...). The QEMU driver of a
-root libvirtd needs its configured user to exist (Debian's libvirt-daemon-system makes
-libvirt-qemu; we do not install that package): made for the test if missing, and removed.
+The daemon (the `libvirt_uri` fixture, tests/e2e/libvirt_daemon.py) is libvirtd run as
+root in the foreground, in a mount namespace of its own where /run, /var/lib, /var/cache,
+/var/log and /etc/libvirt are empty tmpfs: everything it writes (domain definitions, logs,
+pid files) vanishes with it, and only its socket, in the test's folder, is seen from
+outside (qemu:///system?socket=...). The QEMU driver of a root libvirtd needs its
+configured user to exist (Debian's libvirt-daemon-system makes libvirt-qemu; we do not
+install that package): made for the test if missing, and removed.
 
 One boot covers create -> run -> 9p mount -> copy -> stop -> start (data kept) ->
 delete; the bad inputs (a URI that does not answer, a foreign domain of the same name)
@@ -17,13 +18,12 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import CLI, qemu_pids
+from tests.e2e.libvirt_daemon import virsh
 
 pytestmark = [
     pytest.mark.e2e,
@@ -34,90 +34,6 @@ pytestmark = [
 ]
 
 NAME = "e2e-virt"
-QEMU_USER = "libvirt-qemu"  # Debian's compiled-in default for the QEMU driver
-
-DAEMON_SCRIPT = """set -eu
-for d in /run /var/lib /var/cache /var/log /etc/libvirt; do
-    mount -t tmpfs -o mode=0755 ccloudvm-e2e "$d"
-done
-cp "$1/qemu.conf" /etc/libvirt/qemu.conf
-exec libvirtd --config "$1/libvirtd.conf"
-"""
-
-QEMU_CONF = """user = "root"
-group = "root"
-swtpm_user = "root"
-swtpm_group = "root"
-dynamic_ownership = 0
-remember_owner = 0
-security_driver = "none"
-namespaces = []
-stdio_handler = "file"
-"""
-
-
-def _virsh(uri: str, *args: str, check: bool = True) -> str:
-    result = subprocess.run(  # noqa: S603 - test harness, fixed argv
-        ["virsh", "-q", "-c", uri, *args], capture_output=True, text=True, check=False
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"virsh {' '.join(args)}: {result.stderr}")
-    return result.stdout
-
-
-def _user_exists(name: str) -> bool:
-    return (
-        subprocess.run(["getent", "passwd", name], capture_output=True, check=False).returncode == 0
-    )
-
-
-@pytest.fixture
-def libvirt_uri(tmp_path: Path) -> Iterator[str]:
-    pytest.importorskip("libvirt", reason="libvirt-python is not installed (make libvirt)")
-    root = tmp_path / "libvirt"
-    (root / "sock").mkdir(parents=True)
-    (root / "libvirtd.conf").write_text(
-        f'unix_sock_dir = "{root / "sock"}"\nauth_unix_rw = "none"\nauth_unix_ro = "none"\n'
-        f'log_outputs = "3:file:{root / "libvirtd.log"}"\n'
-    )
-    (root / "qemu.conf").write_text(QEMU_CONF)
-    (root / "start.sh").write_text(DAEMON_SCRIPT)
-    made_user = not _user_exists(QEMU_USER)
-    if made_user:
-        subprocess.run(  # noqa: S603 - fixed argv
-            ["useradd", "--system", "--user-group", "--no-create-home",
-             "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", QEMU_USER],
-            check=True,
-        )  # fmt: skip
-    uri = f"qemu:///system?socket={root / 'sock' / 'libvirt-sock'}"
-    with (root / "daemon.out").open("w") as out:
-        daemon = subprocess.Popen(  # noqa: S603 - fixed argv
-            ["unshare", "--mount", "--propagation", "private", "sh", str(root / "start.sh"), str(root)],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 30
-        while subprocess.run(
-            ["virsh", "-c", uri, "version"], capture_output=True, check=False
-        ).returncode:  # noqa: S603
-            assert daemon.poll() is None, (root / "daemon.out").read_text()
-            assert time.monotonic() < deadline, "libvirtd did not answer within 30 s"
-            time.sleep(0.3)
-        yield uri
-    finally:
-        # Nothing of the daemon outlives the test: its domains, itself, the user made for it.
-        if daemon.poll() is None:
-            for name in _virsh(uri, "list", "--all", "--name", check=False).split():
-                _virsh(uri, "destroy", name, check=False)
-                _virsh(uri, "undefine", name, check=False)
-            daemon.terminate()
-            try:
-                daemon.wait(20)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait(10)
-        if made_user:
-            subprocess.run(["userdel", QEMU_USER], check=False)  # noqa: S603 - fixed argv
 
 
 def _host_network() -> dict[str, set[str]]:
@@ -163,12 +79,12 @@ def test_libvirt_driver_lifecycle(cli: CLI, libvirt_uri: str, tmp_path: Path) ->
         "<domain type='qemu'><name>not-ours</name><memory unit='MiB'>64</memory>"
         "<os><type arch='x86_64' machine='q35'>hvm</type></os></domain>"
     )
-    _virsh(uri, "define", str(foreign))
-    foreign_xml = _virsh(uri, "dumpxml", "not-ours")
+    virsh(uri, "define", str(foreign))
+    foreign_xml = virsh(uri, "dumpxml", "not-ours")
     clash = cli("create", "debian", "--name", "not-ours", *common, "--connect", uri, check=False)
     assert clash.code == 2 and "ccloudvm did not make" in clash.err, clash.err
     assert "Traceback" not in clash.err and len(clash.err.strip().splitlines()) == 1
-    assert _virsh(uri, "dumpxml", "not-ours") == foreign_xml
+    assert virsh(uri, "dumpxml", "not-ours") == foreign_xml
     assert not (cli.home / "instances" / "not-ours").exists()
 
     shared = tmp_path / "shared"
@@ -180,7 +96,7 @@ def test_libvirt_driver_lifecycle(cli: CLI, libvirt_uri: str, tmp_path: Path) ->
     status = json.loads(cli("status", NAME, "--json").out)
     assert status["state"] == "running" and status["driver"] == f"libvirt {uri}"
     assert status["ssh"].split("@")[1].startswith("127.77."), "SSH on the instance's address"
-    assert _virsh(uri, "domstate", NAME).strip() == "running"
+    assert virsh(uri, "domstate", NAME).strip() == "running"
     assert "libvirt (local)" in cli("instances", env={"COLUMNS": "200"}).out
     saved = json.loads((instance_dir / "state.json").read_text())
     assert (saved["driver"], saved["connect"]) == ("libvirt", uri)
@@ -198,15 +114,15 @@ def test_libvirt_driver_lifecycle(cli: CLI, libvirt_uri: str, tmp_path: Path) ->
 
     cli("stop", NAME)
     assert json.loads(cli("status", NAME, "--json").out)["state"] == "stopped"
-    assert _virsh(uri, "domstate", NAME).strip() == "shut off"
+    assert virsh(uri, "domstate", NAME).strip() == "shut off"
     assert not _qemu_running_for(instance_dir)
     cli("start", NAME)
     assert cli("run", NAME, "--", "cat", "/var/tmp/up.txt").out == "uploaded\n"  # disk kept
 
     cli("delete", NAME)
     assert not instance_dir.exists()
-    assert NAME not in _virsh(uri, "list", "--all", "--name").split()
-    assert "not-ours" in _virsh(uri, "list", "--all", "--name").split()  # still not touched
+    assert NAME not in virsh(uri, "list", "--all", "--name").split()
+    assert "not-ours" in virsh(uri, "list", "--all", "--name").split()  # still not touched
     assert not _qemu_running_for(instance_dir)
 
     network_after = _host_network()
