@@ -277,3 +277,36 @@ def test_delete_of_a_missing_instance_names_the_list(state: StateDir) -> None:
     with pytest.raises(UsageError, match="no instance named 'ghost'") as missing:
         lifecycle.delete(state, "ghost")
     assert "ccloudvm instances" in (missing.value.hint or "")
+
+
+def test_the_snapshot_image_build_makes_is_the_one_a_plain_create_starts_from(
+    state: StateDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 10 item 2: `image build` snapshots the shape a create with no size flags and
+    no mounts gets (its default sizes for this accelerator), so that first create is warm;
+    another size finds none (it boots cold and leaves the snapshot to a background job)."""
+    from ccloudvm.core.hostinfo import host_user
+    from ccloudvm.instance import checks, create
+    from ccloudvm.vm import accel
+
+    monkeypatch.setattr(warmboot, "SNAPSHOT_MIN_BYTES", 0)
+    monkeypatch.setenv("CCLOUDVM_ACCEL", "tcg")
+    image = _image(state)
+    warm.prepare_default_warm_boot(state, image)
+    [made] = warmboot.snapshots_of(state, image)
+
+    mode = accel.requested_mode(None)
+    acc = accel.detect(mode=mode, run_dir=state.run)
+    mem, cpus, disk = checks._check_sizes(checks.CreateRequest("debian", "debian-12"), acc.is_kvm)
+    files = files_of(state, "plain")
+    files.dir.mkdir(parents=True)
+    files.seed.write_bytes(b"seed")
+    plain = InstanceState(
+        name="plain", workload="debian", image=warm.image_ref(image), mem_mib=mem, cpus=cpus,
+        disk_gib=disk, host_ip="127.77.0.9", ssh_port=_free_port(),
+        guest_user=host_user().guest_name, accel_mode=mode, mount_slots=warmboot.MOUNT_SLOTS,
+    )  # fmt: skip
+    found = create._warm_snapshot(state, files, plain, image, acc)
+    assert found is not None and found.directory == made.directory
+    plain.mem_mib += 64
+    assert create._warm_snapshot(state, files, plain, image, acc) is None
