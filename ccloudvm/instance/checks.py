@@ -124,7 +124,7 @@ def _check_ports(ports: list[PortSpec], host_ip: str) -> None:
             raise UsageError(
                 f"port {port.host} on {port.bind_address} is already in use",
                 hint=f"pick another host port (--port {_spare_port(port.host)}:{port.guest}) "
-                f"or another loopback address (--port 127.0.0.2:{port.host}:{port.guest})",
+                f"or the instance's own address (--port {host_ip}:{port.host}:{port.guest})",
             )
 
 

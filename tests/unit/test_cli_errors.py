@@ -99,7 +99,11 @@ def test_port_already_taken(bind: str, spec: str) -> None:
         busy.listen()
         port = busy.getsockname()[1]
         result = ccloudvm("create", "debian", "--name", "x", "--port", spec.format(port=port))
-    _one_line_error(result, 2, f"port {port} on {bind}", "already in use", "--port ")
+    # The fix: a free host port, or the instance's own address (127.77.X.Y, SSH's too).
+    _one_line_error(
+        result, 2, f"port {port} on {bind}", "already in use", "another host port (--port ",
+        "the instance's own address (--port 127.77.", f":{port}:80)",
+    )  # fmt: skip
     _no_instances()
 
 
