@@ -157,6 +157,7 @@ def test_an_ordinary_user_builds_uses_and_removes_an_image(ordinary_user: User) 
     built = user.ccloudvm("image", "build", "debian-12")
     print(f"rootless image build as {user.name}: {built.seconds:.1f} s\n{built.err}")
     assert "in a user namespace (no root)" in built.err
+    assert "warm-boot snapshot of debian-12 made" in built.err, "build makes the default's"
     assert _foreign(user.state, user.uid, user.gid) == []
     listed = {i["name"]: i for i in json.loads(user.ccloudvm("images", "--json").out)}
     assert "debian-12" in listed
@@ -167,6 +168,9 @@ def test_an_ordinary_user_builds_uses_and_removes_an_image(ordinary_user: User) 
     # A VM from it, as the user (TCG here: /dev/kvm is root's, or hangs).
     created = user.ccloudvm("create", "debian", "--name", "mine", timeout=900)
     print(f"create as {user.name}: {created.seconds:.1f} s")
+    # The first create after a build, with no size flags, starts from the build's snapshot.
+    assert "booting cold" not in created.err, created.err
+    assert json.loads(user.ccloudvm("status", "mine", "--json").out)["boot"] == "warm"
     assert user.ccloudvm("run", "mine", "--", "hostname").out.strip() == "mine"
     # The file system has the tree's true owners (setuid sudo works, shadow's group is kept).
     owners = user.ccloudvm("run", "mine", "--", "sudo", "-n", "stat", "-c", "%U:%G %a", *GUEST)
