@@ -182,6 +182,21 @@ def test_a_suspended_instance_shows_suspended_and_stop_discards_its_state(
     assert not files.suspended.exists()
 
 
+def test_a_suspended_instance_is_deleted_with_its_state_and_snapshots(
+    stopped: tuple[StateDir, InstanceFiles],
+) -> None:
+    """Issue 11 items 7 and 8: delete of a suspended instance works, and an instance's
+    snapshots go with it."""
+    state, files = stopped
+    snapshots.save(state, "dev", "kept")
+    _suspend_by_hand(files, {})
+    assert status(state, "dev").state == "suspended"
+    instance.delete(state, "dev")
+    assert not files.dir.exists()
+    with pytest.raises(UsageError, match="no instance named 'dev'"):
+        snapshots.list_snapshots(state, "dev")
+
+
 def test_resume_refuses_a_changed_qemu_and_leaves_the_instance_suspended(
     stopped: tuple[StateDir, InstanceFiles], monkeypatch: pytest.MonkeyPatch
 ) -> None:
