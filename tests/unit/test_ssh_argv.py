@@ -145,3 +145,25 @@ def test_connect_with_a_command_gets_a_terminal_and_shell_is_its_alias(
     assert "-tt" in argv and argv[-2:] == ["--", "htop"]
     interactive = _exec_of(monkeypatch, state, "connect", "dev")
     assert not {"-t", "-tt", "-T"} & set(interactive)
+
+
+def test_run_at_a_terminal_gets_one_unless_told_not_to(
+    monkeypatch: pytest.MonkeyPatch, state: StateDir, running: None
+) -> None:
+    """Issue 11 item 4: with stdin and stdout both terminals, `run dev -- top` behaves as
+    over ssh (a pty); -T refuses one; a pipe on either side gets none."""
+    import io
+    import sys
+
+    class _Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stdin", _Terminal())
+    monkeypatch.setattr(sys, "stdout", _Terminal())
+    assert "-tt" in _exec_of(monkeypatch, state, "run", "dev", "--", "top")
+    refused = _exec_of(monkeypatch, state, "run", "dev", "-T", "--", "top")
+    assert "-T" in refused and "-tt" not in refused
+    monkeypatch.setattr(sys, "stdout", io.StringIO())  # ccloudvm run dev -- top | less
+    piped = _exec_of(monkeypatch, state, "run", "dev", "--", "top")
+    assert "-T" in piped and "-tt" not in piped
