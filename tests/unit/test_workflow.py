@@ -382,3 +382,33 @@ def test_a_failing_baremetal_step_is_one_line_with_what_to_do(
 def _no_stdin_terminal(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(sys.stdin, "isatty", lambda: False, raising=False)
     yield
+
+
+def test_create_records_what_proxy_propagation_wrote_and_status_shows_it(
+    state: StateDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 10 item 10: create and status say what proxy propagation wrote (the guest's
+    values, the password hidden, and where), or that it was turned off."""
+    from ccloudvm.instance.status import status
+
+    for name in ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("http_proxy", "http://me:secret@127.0.0.1:3128")
+    workload = tmp_path / "w.yaml"
+    workload.write_text("image: debian-12\n")
+    request, _ = workflow.build_request(state, str(workload), workflow.CreateOptions(name="px"))
+    assert request.proxy.startswith("http_proxy=http://me:***@10.0.2.2:3128 ")
+    assert "secret" not in request.proxy and "(in /etc/environment" in request.proxy
+    off = workflow.build_request(
+        state, str(workload), workflow.CreateOptions(name="px", propagate_proxy=False)
+    )[0]
+    assert off.proxy == "not propagated (--no-proxy-propagation)"
+
+    files = files_of(state, "px")
+    files.dir.mkdir(parents=True)
+    save_state(files, InstanceState(
+        name="px", workload="w", image=ImageRef("debian-12", "k", "/nonexistent.qcow2"),
+        mem_mib=1024, cpus=1, disk_gib=10, host_ip="127.77.0.2", ssh_port=2222,
+        guest_user="u", proxy=request.proxy,
+    ))  # fmt: skip
+    assert status(state, "px").proxy == request.proxy
