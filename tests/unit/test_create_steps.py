@@ -235,3 +235,28 @@ def test_an_interrupted_create_unwinds_the_machine_and_the_folder(
     state, calls = _make_until(tmp_path, monkeypatch, KeyboardInterrupt(), "ready")
     assert calls == ["image", "identity", "boot", "ready", "discard machine"]
     assert not state.instance_dir("dev").exists()
+
+
+def test_the_tcg_warning_is_printed_once_per_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 10 item 10: however many machines one command starts (a create's snapshot
+    boot and its own, `start a b c`), KVM's absence is said once; never when TCG was asked
+    for."""
+    from ccloudvm.instance import boot
+    from ccloudvm.vm import accel
+
+    monkeypatch.setattr(boot, "_warned_tcg", [])
+    tcg = accel.Acceleration("tcg", False, "no /dev/kvm")
+    monkeypatch.setattr(boot.accel, "detect", lambda **_k: tcg)
+    state = StateDir(tmp_path / "home")
+    _, inst = _instance(state)
+    inst.accel_mode = "tcg"
+    assert boot.acceleration(state, inst) is tcg
+    assert capsys.readouterr().err == "", "TCG asked for: nothing to warn about"
+    inst.accel_mode = "auto"
+    for _ in range(3):
+        assert boot.acceleration(state, inst) is tcg
+    err = capsys.readouterr().err
+    assert err.count("warning: KVM is not usable (no /dev/kvm); using software emulation") == 1
+    assert err.count("\n") == 1
