@@ -185,3 +185,17 @@ def test_help_names_the_aliases_and_formats() -> None:
     assert "aliases: ls, list" in text and "[table|json|yaml|csv]" in text and "-q" in text
     top = ccloudvm("--help").stdout
     assert "instances" in top and "  ls " not in top
+
+
+def test_status_and_instances_show_every_forward_url_ready() -> None:
+    """Issue 10 item 5: an instance created with ports shows each forward as
+    ADDR:HOST -> GUEST in status (table and JSON) and instances, never `"ports": []`."""
+    files = _make_instance("web")
+    record = json.loads(files.state.read_text())
+    record["ports"] = ["18480:8000", "127.0.0.5:9000:90"]
+    files.state.write_text(json.dumps(record))
+    shown = ["127.0.0.1:18480 -> 8000", "127.0.0.5:9000 -> 90"]
+    assert json.loads(ccloudvm("status", "web", "--json").stdout)["ports"] == shown
+    assert f"ports      {', '.join(shown)}" in ccloudvm("status", "web").stdout.splitlines()
+    assert ", ".join(shown) in ccloudvm("instances").stdout
+    assert json.loads(ccloudvm("instances", "--json").stdout)[0]["ports"] == shown
