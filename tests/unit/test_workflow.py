@@ -412,3 +412,29 @@ def test_create_records_what_proxy_propagation_wrote_and_status_shows_it(
         guest_user="u", proxy=request.proxy,
     ))  # fmt: skip
     assert status(state, "px").proxy == request.proxy
+
+
+def test_flags_win_over_the_workloads_sizes_and_both_over_the_hosts_defaults(
+    state: StateDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 10 item 1: the accelerator's default sizes apply only to what neither a flag
+    nor the workload's `vm:` set."""
+    from ccloudvm.core.hostinfo import HostResources
+    from ccloudvm.instance import checks
+
+    monkeypatch.setattr(checks, "host_resources", lambda: HostResources(cpus=8, mem_mib=16384))
+    workload = tmp_path / "w.yaml"
+    workload.write_text("image: debian-12\nvm:\n  mem: 3G\n  disk: 30G\n")
+    sized = workflow.build_request(state, str(workload), workflow.CreateOptions(name="s1"))[0]
+    assert (sized.mem_mib, sized.cpus, sized.disk_gib) == (3072, None, 30)
+    flagged = workflow.build_request(
+        state, str(workload), workflow.CreateOptions(name="s1", mem_mib=1024, cpus=3)
+    )[0]
+    assert (flagged.mem_mib, flagged.cpus, flagged.disk_gib) == (1024, 3, 30)
+    # What is left unset takes the default of how the VM runs: TCG here, KVM there.
+    assert checks._check_sizes(sized, kvm=False) == (3072, 4, 30)
+    assert checks._check_sizes(sized, kvm=True) == (3072, 4, 30)
+    plain = workflow.build_request(state, "debian", workflow.CreateOptions(name="s1"))[0]
+    assert checks._check_sizes(plain, kvm=False) == (2048, 4, 20)
+    assert checks._check_sizes(plain, kvm=True) == (8192, 4, 20)
+    assert checks._check_sizes(flagged, kvm=False) == (1024, 3, 30)
