@@ -9,6 +9,7 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -164,3 +165,41 @@ def test_systemd_hears_ready_even_when_the_local_stage_crashes(notify: socket.so
     with pytest.raises(RuntimeError, match="crashed"):
         cloud_init_all.run_stages(FakeCloudInit(notify, failing=("crash",)), _outputs())
     assert notify.recv(64) == b"READY=1"  # sshd is not held back by a broken cloud-init
+
+
+class TeeingCloudInit(FakeCloudInit):
+    """As cloud-init does in each stage: point stdout at a new `tee -a LOG` whose own
+    output is whatever stdout was, then write the stage's line."""
+
+    def __init__(self, notify: socket.socket, log: Path) -> None:
+        super().__init__(notify)
+        self.log = log
+        self.tees: list[Any] = []
+
+    def __call__(self, argv: list[str]) -> object:
+        import subprocess
+
+        tee = subprocess.Popen(["tee", "-a", str(self.log)], stdin=subprocess.PIPE, stdout=1)  # noqa: S603,S607
+        assert tee.stdin is not None
+        os.dup2(tee.stdin.fileno(), 1)
+        self.tees.append(tee)
+        os.write(1, f"Cloud-init v. 22.4.2 running '{' '.join(argv[1:])}'\n".encode())
+        return super().__call__(argv)
+
+
+def test_each_stage_is_logged_once_in_one_process(
+    notify: socket.socket, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 10 item 10: `logs --cloud-init` showed stage N's lines N times, as each
+    stage's tee wrote into the one before it. Every stage starts on the unit's output."""
+    (tmp_path / "result.json").write_text(json.dumps({"v1": {"errors": []}}))
+    log = tmp_path / "cloud-init-output.log"
+    cloud_init = TeeingCloudInit(notify, log)
+    assert cloud_init_all.run_stages(cloud_init, _outputs()) == 0
+    for tee in reversed(cloud_init.tees):  # chained ones end last to first
+        assert tee.stdin is not None
+        tee.stdin.close()
+        tee.wait(timeout=10)
+    lines = log.read_text().splitlines()
+    assert len(lines) == 4 and len(set(lines)) == 4, lines
+    assert capfd.readouterr().out.count("Cloud-init v. 22.4.2 running 'init'") == 1
