@@ -28,6 +28,7 @@ from ccloudvm.state.paths import StateDir
 from ccloudvm.vm import warmboot
 from tests.support.cache import cached_image as _cached
 from tests.support.httpserver import FileServer, serve_directory
+from tests.unit.test_builds_more import _stopped_instance
 
 PAYLOAD = b"0123456789abcdef" * 65536  # 1 MiB
 NO_SPACE = "free some or set CCLOUDVM_HOME"
@@ -135,18 +136,19 @@ def test_a_save_that_cannot_fit_is_refused_before_it_writes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     state = StateDir(tmp_path / "state")
-    disk = tmp_path / "disk.qcow2"
-    subprocess.run(  # noqa: S603 - fixed argv
-        ["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True
+    files = _stopped_instance(state, tmp_path)
+    subprocess.run(  # noqa: S603 - fixed argv: 4 MiB of data so the measure is not zero
+        ["qemu-io", "-c", "write -P 7 0 4M", str(files.disk)], check=True, capture_output=True
     )
-    subprocess.run(  # noqa: S603 - fixed argv: 8 MiB of data so the measure is not zero
-        ["qemu-io", "-c", "write -P 7 0 8M", str(disk)], check=True, capture_output=True
-    )
-    needed = builds._save_needs(disk)
-    assert needed >= 16 << 20  # flat data plus its compressed copy
+    needed = builds._save_needs(files.disk)
+    assert needed >= 8 << 20  # flat data plus its compressed copy
     _little_free(monkeypatch, needed - 1)
-    with pytest.raises(diskspace.NoSpaceError, match=f"{needed >> 20} MiB needed"):
-        diskspace.check_free_space(state.cache, needed)
+    with pytest.raises(diskspace.NoSpaceError, match=f"{needed >> 20} MiB needed") as caught:
+        builds.save_instance(state, "dev", "my-image", offline_generalise=False)
+    assert NO_SPACE in str(caught.value) and "\n" not in str(caught.value)
+    assert images.cached_images(state) == []  # nothing saved, nothing half-written
+    assert list((state.cache / "tmp").iterdir()) == []
+    assert not images.images_dir(state).exists() or not any(images.images_dir(state).iterdir())
 
 
 def test_a_snapshot_without_room_boots_cold_with_the_reason(
