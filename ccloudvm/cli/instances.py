@@ -38,7 +38,7 @@ def instances_command(fmt: str | None, as_json: bool, quiet: bool) -> None:
     CSV has every field of --format json, a list's items joined by '; '.
     """
     from ccloudvm.instance.status import status as status_of
-    from ccloudvm.state.instance_state import creating_names, instance_names
+    from ccloudvm.state.instance_state import creating_names, instance_names, linked_entries
 
     chosen = formats.choose(fmt, as_json)
     if quiet and (fmt or as_json):
@@ -49,6 +49,8 @@ def instances_command(fmt: str | None, as_json: bool, quiet: bool) -> None:
         for name in names:
             click.echo(name)
         return
+    for problem in linked_entries(state):  # left out, never followed: named
+        ui.warn(problem)
     rows = []
     for name in names:
         try:

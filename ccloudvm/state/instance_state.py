@@ -216,6 +216,7 @@ def save_state(files: InstanceFiles, inst: InstanceState) -> None:
 
 def load_state(state: StateDir, name: str) -> InstanceState:
     files = files_of(state, name)
+    refuse_link(files.dir)  # not even read through a link out of the state directory
     try:
         raw = json.loads(files.state.read_text())
     except FileNotFoundError:
@@ -254,6 +255,20 @@ def instance_names(state: StateDir) -> list[str]:
         for p in state.instances.iterdir()
         if not p.is_symlink() and (p / "state.json").exists()
     )
+
+
+def linked_entries(state: StateDir) -> list[str]:
+    """The one-line error for each symbolic link where an instance folder should be: the
+    listings leave them out (never followed) and name them with this."""
+    if not state.instances.is_dir():
+        return []
+    found = []
+    for entry in sorted(state.instances.iterdir()):
+        try:
+            refuse_link(entry)
+        except StateError as exc:
+            found.append(str(exc))
+    return found
 
 
 def all_states(state: StateDir) -> list[InstanceState]:

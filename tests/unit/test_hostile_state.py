@@ -10,12 +10,23 @@ from typing import Any
 
 import pytest
 
+from ccloudvm.cli.main import main
 from ccloudvm.core.errors import CcloudvmError, UsageError
 from ccloudvm.instance import boot
 from ccloudvm.instance import create as instance_create
 from ccloudvm.instance import lifecycle as instance
 from ccloudvm.instance.checks import CreateRequest
-from ccloudvm.state.instance_state import files_of, instance_names, reserve_host_ip
+from ccloudvm.instance.status import status
+from ccloudvm.state.instance_state import (
+    ImageRef,
+    InstanceFiles,
+    InstanceState,
+    files_of,
+    instance_names,
+    load_state,
+    reserve_host_ip,
+    save_state,
+)
 from ccloudvm.state.paths import StateDir
 
 
@@ -62,6 +73,50 @@ def test_delete_of_a_link_name_leaves_the_target(tmp_path: Path) -> None:
         instance.delete(state, "vm")
     assert "\n" not in str(caught.value) and "symbolic link" in str(caught.value)
     assert (target / "keep").read_text() == "x"
+
+
+def test_instances_names_a_link_and_lists_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = _state(tmp_path)
+    files = files_of(state, "good")
+    files.dir.mkdir()
+    save_state(files, InstanceState(
+        name="good", workload="debian", image=ImageRef("debian-12", "k", "/c/disk.qcow2"),
+        mem_mib=512, cpus=1, disk_gib=1, host_ip="127.77.0.2", ssh_port=10022, guest_user="u",
+        desired="stopped",
+    ))  # fmt: skip
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (state.instances / "linked").symlink_to(target)
+    (state.instances / "dangling").symlink_to(tmp_path / "nowhere")
+    monkeypatch.setenv("CCLOUDVM_HOME", str(state.root))
+    monkeypatch.setenv("CCLOUDVM_ACCEL", "tcg")
+    main(["instances"])  # returns: exit status 0
+    out, err = capsys.readouterr()
+    assert [line.split()[0] for line in out.splitlines()[1:]] == ["good"]
+    warnings = err.strip().splitlines()
+    assert len(warnings) == 2, err
+    for name, where in (("dangling", "nowhere"), ("linked", "elsewhere")):
+        line = next(w for w in warnings if f"instances/{name} " in w)
+        assert f"is a symbolic link to {tmp_path / where}" in line and "remove the link" in line
+    assert list(target.iterdir()) == []
+
+
+def test_an_instance_record_is_never_read_through_a_link(tmp_path: Path) -> None:
+    state = _state(tmp_path)
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    save_state(InstanceFiles(target), InstanceState(
+        name="vm", workload="debian", image=ImageRef("debian-12", "k", "/c/disk.qcow2"),
+        mem_mib=512, cpus=1, disk_gib=1, host_ip="127.77.0.2", ssh_port=10022, guest_user="u",
+    ))  # fmt: skip
+    (state.instances / "vm").symlink_to(target)
+    for read in (load_state, status):
+        with pytest.raises(CcloudvmError, match="vm is a symbolic link to .*elsewhere") as info:
+            read(state, "vm")
+        assert "\n" not in str(info.value)
+    assert [p.name for p in target.iterdir()] == ["state.json"]
 
 
 def test_a_link_as_a_main_subfolder_is_refused(tmp_path: Path) -> None:
