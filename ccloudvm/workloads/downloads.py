@@ -40,28 +40,46 @@ def refuse_private_url(url: str, where: str) -> None:
     Used for download() in workloads from a URL, so a workload from the internet cannot
     make the host fetch from its own loopback services or the local network and hand the
     result to the guest. A name that does not resolve here is let through: behind a proxy
-    the host may not resolve outside names at all, and the fetch is checked again.
+    the host may not resolve outside names at all, and the fetch is checked again. The host
+    is taken as both urllib and requests (urllib3) read it, so a URL they read differently
+    (`http://127.0.0.1\\@93.184.216.34/`, which requests sends to 127.0.0.1) is refused.
     """
-    host = urlsplit(str(url)).hostname or ""
-    addresses: list[str] = []
+    for host in _hosts(url):
+        for text in _addresses(host):
+            address = ipaddress.ip_address(text.split("%", 1)[0])
+            if not address.is_global or address.is_multicast:
+                raise UsageError(
+                    f"download({url!r}) in {where}: a workload from a URL may not fetch from "
+                    f"{text}, a loopback, link-local or private address",
+                    hint="download the workload and run it as a local file if you trust it",
+                )
+
+
+def _hosts(url: str) -> set[str]:
+    """The URL's host as urllib and as requests' parser see it, without a final dot."""
+    from urllib3.exceptions import LocationParseError
+    from urllib3.util import parse_url
+
     try:
-        addresses = [str(ipaddress.ip_address(host))]
+        theirs = parse_url(str(url)).host or ""
+    except LocationParseError:
+        theirs = ""
+    hosts = {urlsplit(str(url)).hostname or "", theirs}
+    return {host.strip("[]").rstrip(".").lower() for host in hosts}
+
+
+def _addresses(host: str) -> list[str]:
+    """The addresses `host` stands for here (none when it does not resolve)."""
+    try:
+        return [str(ipaddress.ip_address(host.split("%", 1)[0]))]
     except ValueError:
-        if host.lower() == "localhost" or host.lower().endswith((".localhost", ".local")):
-            addresses = ["127.0.0.1"]
-        else:
-            try:
-                addresses = [str(info[4][0]) for info in socket.getaddrinfo(host, None)]
-            except (OSError, UnicodeError):
-                addresses = []
-    for text in addresses:
-        address = ipaddress.ip_address(text.split("%", 1)[0])
-        if not address.is_global or address.is_multicast:
-            raise UsageError(
-                f"download({url!r}) in {where}: a workload from a URL may not fetch from "
-                f"{text}, a loopback, link-local or private address",
-                hint="download the workload and run it as a local file if you trust it",
-            )
+        pass
+    if host == "localhost" or host.endswith((".localhost", ".local")):
+        return ["127.0.0.1"]
+    try:
+        return [str(info[4][0]) for info in socket.getaddrinfo(host, None)]
+    except (OSError, UnicodeError):
+        return []
 
 
 class Downloads:
