@@ -34,7 +34,7 @@ class Download:
     restricted: bool = False  # asked for by a workload from a URL: public addresses only
 
 
-def refuse_private_url(url: str, where: str) -> None:
+def refuse_private_url(url: str, where: str, *, action: str | None = None) -> None:
     """Refuse a URL whose host is (or resolves to) this host or a private network.
 
     Used for download() in workloads from a URL, so a workload from the internet cannot
@@ -49,8 +49,8 @@ def refuse_private_url(url: str, where: str) -> None:
             address = ipaddress.ip_address(text.split("%", 1)[0])
             if not address.is_global or address.is_multicast:
                 raise UsageError(
-                    f"download({url!r}) in {where}: a workload from a URL may not fetch from "
-                    f"{text}, a loopback, link-local or private address",
+                    f"{action or f'download({url!r})'} in {where}: a workload from a URL may "
+                    f"not fetch from {text}, a loopback, link-local or private address",
                     hint="download the workload and run it as a local file if you trust it",
                 )
 

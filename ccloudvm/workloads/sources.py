@@ -12,9 +12,11 @@ import yaml
 
 from ccloudvm.core.errors import NotFoundError, UsageError
 from ccloudvm.state.paths import StateDir, resource_dir
+from ccloudvm.workloads.downloads import refuse_private_url
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 MAX_REMOTE_BYTES = 1 << 20
+MAX_REDIRECTS = 10
 
 
 @dataclass(frozen=True)
@@ -52,12 +54,24 @@ def _read_path(path: Path) -> WorkloadSource:
     return WorkloadSource(name=path.stem, origin=str(path), text=text, base_dir=path.parent)
 
 
-def _fetch_url(url: str) -> WorkloadSource:
+def _fetch_url(url: str, child: WorkloadSource | None = None) -> WorkloadSource:
+    """Fetch a workload; for the parent of a workload from a URL (`child`), every address,
+    redirects included, must be the child's own server or a public one."""
     import requests  # only needed for URL workloads
 
     try:
         # requests takes the host's proxies from the environment.
-        response = requests.get(url, timeout=30, stream=True)
+        location = url
+        for _hop in range(MAX_REDIRECTS + 1):
+            if child is not None:
+                _refuse_private_parent(location, child)
+            response = requests.get(location, timeout=30, stream=True, allow_redirects=False)
+            if not response.is_redirect:
+                break
+            location = urljoin(location, response.headers["location"])
+            response.close()
+        else:
+            raise requests.TooManyRedirects(f"more than {MAX_REDIRECTS} redirects")
         response.raise_for_status()
         body = response.raw.read(MAX_REMOTE_BYTES + 1, decode_content=True)
     except requests.RequestException as exc:
@@ -73,6 +87,14 @@ def _fetch_url(url: str) -> WorkloadSource:
         raise UsageError(f"workload {url} is not UTF-8 text") from exc
     stem = Path(urlsplit(url).path).stem or "workload"
     return WorkloadSource(name=stem, origin=url, text=text, base_dir=None)
+
+
+def _refuse_private_parent(url: str, child: WorkloadSource) -> None:
+    """A workload from a URL inherits from its own server or a public one: it never makes
+    the host fetch from another of the host's own services or its private networks."""
+    here, there = urlsplit(child.origin), urlsplit(url)
+    if (here.scheme, here.netloc.lower()) != (there.scheme, there.netloc.lower()):
+        refuse_private_url(url, child.origin, action=f"inherits: {url}")
 
 
 def _name_folders(state: StateDir) -> tuple[Path, Path]:
@@ -120,11 +142,12 @@ def find_workload(state: StateDir, ref: str, *, skip: str | None = None) -> Work
 
 def _find_parent(state: StateDir, child: WorkloadSource, ref: str) -> WorkloadSource:
     """Names resolve as usual; relative paths resolve against the child's folder or URL."""
+    remote_child = child if child.remote else None
     if _is_url(ref):
-        return _fetch_url(ref)
+        return _fetch_url(ref, remote_child)
     if _is_path(ref):
         if child.base_dir is None:
-            return _fetch_url(urljoin(child.origin, ref))
+            return _fetch_url(urljoin(child.origin, ref), remote_child)
         path = Path(ref).expanduser()
         return _read_path(path if path.is_absolute() else child.base_dir / path)
     return find_workload(state, ref, skip=child.origin)

@@ -1,6 +1,7 @@
 """Download tricks of a workload from a URL (issue 8): every spelling of this host, its
 metadata service or its private networks is refused before anything is fetched, redirects
-included, and so is a URL that urllib and requests would read as different hosts."""
+included, and so is a URL that urllib and requests would read as different hosts. The same
+holds for the parents a URL workload inherits from (other than its own server's files)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ import pytest
 from ccloudvm.app import provision
 from ccloudvm.app.provision import fetch_to_cache
 from ccloudvm.core.errors import UsageError
+from ccloudvm.state.paths import StateDir
+from ccloudvm.workloads.definition import load_workload
 from ccloudvm.workloads.downloads import refuse_private_url
+from ccloudvm.workloads.templating import TemplateContext
 from tests.support.httpserver import serve_directory
 
 TRICKS = [
@@ -93,7 +97,7 @@ def redirector(monkeypatch: pytest.MonkeyPatch, no_host_proxy: None) -> Iterator
     as public here (as a server on the internet would be), so only the hop is tested."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Redirector)
     _Redirector.seen = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     first = f"http://127.0.0.1:{server.server_address[1]}/start"
     real = provision.refuse_private_url
@@ -126,3 +130,88 @@ def test_a_redirect_to_a_private_address_is_not_followed(
         fetch_to_cache(redirector, tmp_path / "c" / "x", public_only=True)
     assert _Redirector.seen == ["/start"]  # the redirect was never followed
     assert not (tmp_path / "c").exists() or list((tmp_path / "c").iterdir()) == []
+
+
+# ---------------------------------------------------------------- inherits of a URL workload
+
+
+class _Site(BaseHTTPRequestHandler):
+    """Answers from `pages`: a path's body, or a redirect when the entry starts with '>'."""
+
+    pages: dict[str, str] = {}
+    seen: list[str] = []
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - base signature
+        pass
+
+    def do_GET(self) -> None:
+        type(self).seen.append(f"{self.server.server_address[1]}{self.path}")
+        page = type(self).pages.get(self.path)
+        if page is None:
+            self.send_response(404)
+            body = b""
+        elif page.startswith(">"):
+            self.send_response(302)
+            self.send_header("Location", page[1:])
+            body = b""
+        else:
+            self.send_response(200)
+            body = page.encode()
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def sites(no_host_proxy: None) -> Iterator[tuple[int, int]]:
+    """Two servers on this host: the URL workload's own, and another of the host's services."""
+    servers = [ThreadingHTTPServer(("127.0.0.1", 0), _Site) for _ in range(2)]
+    _Site.seen = []
+    for server in servers:
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        yield servers[0].server_address[1], servers[1].server_address[1]
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+
+
+@pytest.mark.parametrize(
+    "inherits",
+    [
+        "http://127.0.0.1:{other}/parent.yaml",
+        "http://2130706433:{other}/parent.yaml",
+        "http://localhost.:{other}/parent.yaml",
+        ">http://127.0.0.1:{other}/parent.yaml",  # its own server redirects there
+        ">http://169.254.169.254/latest/user-data",
+    ],
+)
+def test_a_url_workload_never_inherits_from_another_service_of_this_host(
+    sites: tuple[int, int], tmp_path: Path, ctx: TemplateContext, inherits: str
+) -> None:
+    own, other = sites
+    target = inherits.format(other=other)
+    _Site.pages = {
+        "/w.yaml": f"inherits: {'p.yaml' if target.startswith('>') else target}\n",
+        "/p.yaml": target,
+        "/parent.yaml": "image: x\n",
+    }
+    state = StateDir(tmp_path / "state")
+    with pytest.raises(UsageError, match="a workload from a URL may not fetch from") as info:
+        load_workload(state, f"http://127.0.0.1:{own}/w.yaml", ctx)
+    assert "inherits: http" in info.value.message and "\n" not in info.value.message
+    assert not any(seen.startswith(f"{other}/") for seen in _Site.seen), _Site.seen
+
+
+def test_a_url_workload_inherits_from_its_own_server_through_a_redirect(
+    sites: tuple[int, int], tmp_path: Path, ctx: TemplateContext
+) -> None:
+    own, _other = sites
+    _Site.pages = {
+        "/w.yaml": "inherits: p.yaml\nprovision: [{name: s, run: 'true'}]\n",
+        "/p.yaml": ">/moved/p.yaml",
+        "/moved/p.yaml": "image: x\n",
+    }
+    workload = load_workload(StateDir(tmp_path / "state"), f"http://127.0.0.1:{own}/w.yaml", ctx)
+    assert workload.chain == ("p", "w") and workload.image == "x"
