@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ccloudvm.app.provision import StepFailed, run_steps
 from ccloudvm.core.errors import NotFoundError, UsageError
 from ccloudvm.core.hostinfo import HostUser
 from ccloudvm.core.specs import PortSpec
 from ccloudvm.guest.proxy import ProxySettings, for_guest
+from ccloudvm.remote.local import LocalTarget
 from ccloudvm.state.paths import StateDir, resource_dir
 from ccloudvm.workloads.definition import (
     find_workload,
@@ -345,6 +347,41 @@ def test_go_and_ciao_on_a_root_host_use_the_guest_users_own_gopath(state: StateD
     metal = TemplateContext(root, "vm1", ProxySettings(), bare_metal=True)
     fetch = next(s for s in load_workload(state, "ciao", metal).provision if "Fetch" in s.name)
     assert "src=/root/go/src/github.com/ciao-project/ciao" in (fetch.script or "")
+
+
+def _git(*args: str | Path) -> str:
+    return subprocess.run(  # noqa: S603 - fixed argv
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *map(str, args)],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+
+
+def test_ciao_is_fetched_at_the_pinned_commit(
+    state: StateDir, host: HostUser, tmp_path: Path
+) -> None:
+    """The fetch step, run for real against a local repository with a newer commit on top
+    of the pinned one: the checkout is the pinned commit; a failed fetch leaves nothing."""
+    repo = tmp_path / "ciao.git"
+    _git("init", "-q", repo)
+    _git("-C", repo, "commit", "-q", "--allow-empty", "-m", "pinned")
+    pinned = _git("-C", repo, "rev-parse", "HEAD")
+    _git("-C", repo, "commit", "-q", "--allow-empty", "-m", "newer")
+    write(state.user_workloads, "c3.yaml",
+          f"inherits: ciao\nvars: {{ciao_repo: '{repo}', ciao_commit: {pinned}}}\n")  # fmt: skip
+    metal = TemplateContext(host, "vm1", ProxySettings(), bare_metal=True)
+    fetch = next(s for s in load_workload(state, "c3", metal).provision if "Fetch" in s.name)
+    src = host.gopath / "src" / "github.com" / "ciao-project" / "ciao"
+    run_steps(LocalTarget(), [fetch])
+    assert _git("-C", src, "rev-parse", "HEAD") == pinned
+    run_steps(LocalTarget(), [fetch])  # there already: left as it is
+    assert _git("-C", src, "rev-parse", "HEAD") == pinned
+    shutil.rmtree(src)
+    write(state.user_workloads, "c3.yaml",
+          f"inherits: ciao\nvars: {{ciao_repo: '{repo}', ciao_commit: {'0' * 40}}}\n")  # fmt: skip
+    fetch = next(s for s in load_workload(state, "c3", metal).provision if "Fetch" in s.name)
+    with pytest.raises(StepFailed):
+        run_steps(LocalTarget(), [fetch])
+    assert list(src.parent.iterdir()) == []  # no half checkout that a rerun would trust
 
 
 def test_ciao_check_quotes_what_it_puts_in_the_shell(state: StateDir, tmp_path: Path) -> None:
