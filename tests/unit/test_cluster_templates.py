@@ -221,6 +221,72 @@ def test_ciao_setup_checks_its_programs_before_changing_anything(tmp_path: Path)
     assert not state.exists()
 
 
+STUB = """#!/bin/bash
+echo "$(basename "$0") $*" >>"$STUB_LOG"
+case "$(basename "$0") $1" in
+    "id -u") echo 0 ;;
+    "ip -o") ;;  # no address on this machine uses the cluster subnet
+    "docker image") exit 1 ;;  # no image pulled yet
+    "docker pull") [ "$PULL" = ok ] ;;
+    "curl -fsSL")  # the OVMF download: curl -fsSL -o FILE URL
+        [ "$OVMF" = ok ] || { echo partial >"$3"; exit 22; }
+        echo ovmf >"$3" ;;
+    "curl -fsS") [ "$REACH" = ok ] ;;
+esac
+"""
+
+
+@pytest.mark.parametrize(
+    ("ovmf", "pull", "reach", "error"),
+    [
+        ("fail", "ok", "ok", "cannot download https://download.clearlinux.org/image/OVMF.fd"),
+        ("ok", "fail", "ok", "cannot pull the container image ceph/demo"),
+        ("ok", "ok", "fail", "cannot reach https://download.clearlinux.org/latest"),
+    ],
+)
+def test_ciao_setup_fetches_before_it_changes_anything(
+    tmp_path: Path, ovmf: str, pull: str, reach: str, error: str
+) -> None:
+    """No internet here: OVMF, ceph/demo and Clear Linux's server are missing. With every
+    program there (stand-ins that log their calls), setup stops at the first of them with
+    one line, before the network, the journal or ciao-deploy; no partial file is left."""
+    home, gopath, stubs = tmp_path / "home", tmp_path / "home" / "go", tmp_path / "bin"
+    context = {**CONTEXT, "user": {**CONTEXT["user"], "home": str(home), "gopath": str(gopath)}}
+    text = environment().get_template("cluster/ciao/setup.sh.j2").render(**context)
+    tools = re.search(r'ciao_tools="([^"]+)"', text)
+    assert tools
+    for folder, names in (
+        (stubs, [*tools.group(1).split(), "id", "iptables", "iptables-save", "nft"]),
+        (gopath / "bin", ["ciao-deploy", "ciao-scheduler", "ciao-controller", "ciao-launcher", "ciao"]),
+    ):  # fmt: skip
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            (folder / name).write_text(STUB)
+            (folder / name).chmod(0o755)
+    script, log, state = tmp_path / "setup.sh", tmp_path / "calls", tmp_path / "state"
+    script.write_text(text)
+    env = {
+        "PATH": f"{stubs}:/usr/bin:/bin", "HOME": str(home), "STUB_LOG": str(log),
+        "CLUSTER_NAME": "ciao", "CLUSTER_STATE_DIR": str(state),
+        "OVMF": ovmf, "PULL": pull, "REACH": reach,
+    }  # fmt: skip
+    result = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    errors = [line for line in result.stdout.splitlines() if line.startswith("ERROR: ")]
+    assert len(errors) == 1 and errors[0].startswith(f"ERROR: {error}"), result.stdout
+    assert not state.exists()  # no journal, no state: nothing to undo
+    calls = log.read_text().splitlines()
+    assert any(c.startswith("curl -fsSL -o") for c in calls)  # the stand-ins did run
+    changes = [c for c in calls if c.split()[0] in ("ciao-deploy", "systemctl", "sudo", "dnsmasq")]
+    changes += [
+        c for c in calls if c.startswith(("ip link", "ip addr", "iptables -", "docker run"))
+    ]
+    assert changes == [], changes
+    local = home / "local"
+    assert not (local / "OVMF.fd.part").exists()
+    assert sorted(p.name for p in local.iterdir()) == ([] if ovmf == "fail" else ["OVMF.fd"])
+
+
 @pytest.mark.parametrize("action", ["verify", "bat", "env"])
 def test_ciao_scripts_need_a_setup(action: str, tmp_path: Path) -> None:
     text = render(f"cluster/ciao/{action}.sh.j2")
