@@ -103,6 +103,43 @@ def test_checksum_mismatch_leaves_nothing_in_the_cache(
     )
 
 
+def test_an_image_download_stopped_by_ctrl_c_is_never_an_image(
+    served: tuple[str, FileServer], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 8: "dlslow is ready ... (0.0 s)" from a partial download. ^C after the first
+    chunk leaves no cached image, only the partial file, which the next run resumes with a
+    Range request and verifies before anything is called cached."""
+    import requests
+
+    base, server = served
+    state = StateDir(tmp_path / "state")
+    state.user_images.mkdir(parents=True)
+    (state.user_images / "dl.yaml").write_text(
+        f"source:\n  disk: {base}/disk.img\n  sha256: {{disk: '{_sha(PAYLOAD)}'}}\n"
+    )
+    whole = requests.Response.iter_content
+
+    def one_chunk_then_ctrl_c(
+        self: requests.Response, *args: Any, **kwargs: Any
+    ) -> Iterator[bytes]:
+        yield next(whole(self, *args, **kwargs))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(requests.Response, "iter_content", one_chunk_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        images.ensure_image(state, "dl")
+    assert images.cached_images(state) == []
+    (part,) = (state.cache / "downloads").rglob("*.part")
+    kept = part.stat().st_size
+    assert 0 < kept < len(PAYLOAD)
+
+    monkeypatch.setattr(requests.Response, "iter_content", whole)
+    image = images.ensure_image(state, "dl")
+    assert server.requests[-1].headers.get("Range") == f"bytes={kept}-"
+    assert [i.name for i in images.cached_images(state)] == ["dl"]
+    assert image.disk.is_file() and not part.exists()
+
+
 # ---------------------------------------------------------------- builds, saves, snapshots
 
 
