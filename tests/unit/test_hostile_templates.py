@@ -110,6 +110,33 @@ def test_host_values_are_plain_strings(
     assert not hasattr(names["download"], "cache_dir")
 
 
+def test_every_value_a_template_sees_is_plain_data_or_a_documented_helper(
+    ctx: TemplateContext,
+) -> None:
+    """The whole context, walked: no Path (nor any other object with methods) anywhere, for
+    a VM, bare metal, with mounts and extra values; the only callables are the helpers."""
+    from dataclasses import replace
+
+    from ccloudvm.core.specs import MountSpec
+
+    mount = MountSpec(host_path=Path("/srv/x"), guest_path="/x", tag="x")
+    contexts = [ctx, replace(ctx, bare_metal=True, mounts=[mount], extra={"p": Path("/etc")})]
+    for context in contexts:
+        names = templating.variables(context, {"v": [Path("/tmp"), {"k": 1}]}, lambda *a: "")
+        callables = {key for key, value in names.items() if callable(value)}
+        assert callables == {"download", "proxy_env", "proxy_vars"}
+        stack = [value for key, value in names.items() if key not in callables]
+        while stack:
+            value = stack.pop()
+            if isinstance(value, dict):
+                assert all(isinstance(key, str) for key in value)
+                stack.extend(value.values())
+            elif isinstance(value, list):
+                stack.extend(value)
+            else:
+                assert value is None or type(value) in (str, int, float, bool), repr(value)
+
+
 def test_local_workloads_get_plain_values_too(
     state: StateDir, ctx: TemplateContext, secret: Path
 ) -> None:
