@@ -16,7 +16,13 @@ from pathlib import Path
 import requests
 
 from ccloudvm.core import ui
-from ccloudvm.core.diskspace import check_free_space, is_disk_full, no_space_error
+from ccloudvm.core.diskspace import (
+    NoSpaceError,
+    check_free_space,
+    is_disk_full,
+    no_space_error,
+    reporting_full_disk,
+)
 from ccloudvm.core.errors import CcloudvmError
 
 CHUNK_SIZE = 1 << 20
@@ -94,10 +100,13 @@ def download(
             f"download of {url} failed: {_reason(exc)}",
             hint=f"the partial download is kept in {part} and resumes on the next run",
         ) from exc
+    except NoSpaceError:
+        part.unlink(missing_ok=True)  # a partial file on a full disk helps no one
+        raise
     except OSError as exc:
         if not is_disk_full(exc):
             raise
-        part.unlink(missing_ok=True)  # a partial file on a full disk helps no one
+        part.unlink(missing_ok=True)
         raise no_space_error(dest.parent) from exc
     if digest != expected:
         part.unlink(missing_ok=True)
@@ -130,11 +139,16 @@ def _fetch(http: requests.Session, url: str, part: Path, label: str) -> str:
                 while chunk := existing.read(CHUNK_SIZE):
                     digest.update(chunk)
         length = response.headers.get("Content-Length")
-        total = offset + int(length) if length and length.isdigit() else None
-        if length and length.isdigit():
+        needed = int(length) if length and length.isdigit() else None
+        total = offset + needed if needed is not None else None
+        if needed is not None:
             # Known size: refuse up front rather than fill the disk (issue 8).
-            check_free_space(part.parent, int(length))
-        with ui.download_progress() as progress, part.open("ab" if offset else "wb") as handle:
+            check_free_space(part.parent, needed)
+        with (
+            reporting_full_disk(part.parent, needed),
+            ui.download_progress() as progress,
+            part.open("ab" if offset else "wb") as handle,
+        ):
             task = progress.add_task(label, total=total, completed=offset)
             for chunk in response.iter_content(NET_CHUNK_SIZE):
                 handle.write(chunk)

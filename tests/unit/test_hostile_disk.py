@@ -70,6 +70,7 @@ def test_a_disk_that_fills_during_a_download_is_one_line_and_keeps_no_part(
     with pytest.raises(diskspace.NoSpaceError) as caught:
         download(f"{base}/disk.img", dest, _sha(PAYLOAD))
     assert NO_SPACE in str(caught.value) and "no space left on /" in str(caught.value)
+    assert ": 1 MiB needed, " in str(caught.value)  # the size the server announced
     assert "\n" not in str(caught.value)
     assert not os.path.lexists(part) and not dest.exists()
 
