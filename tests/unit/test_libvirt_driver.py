@@ -1,13 +1,12 @@
 """The libvirt driver against a fake libvirt module: the calls it makes on the connection
 and the domain, the state it reports, and the one line a user reads when libvirt says no.
-The fake stands for libvirt-python and its daemon (the outside world), nothing else."""
+The fake (tests/unit/fake_libvirt.py) stands for libvirt-python and its daemon (the
+outside world), nothing else."""
 
 from __future__ import annotations
 
 import sys
-import types
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -19,22 +18,7 @@ from ccloudvm.vm.libvirt_driver import LibvirtDriver
 from ccloudvm.vm.libvirt_xml import owner_of
 from ccloudvm.vm.machine import LaunchFailed
 from ccloudvm.vm.qemu import DirectBoot, MachineConfig
-
-VIR_ERR_NO_DOMAIN = 42
-VIR_ERR_INTERNAL = 1
-
-
-class FakeLibvirtError(Exception):
-    def __init__(self, message: str, code: int = VIR_ERR_INTERNAL) -> None:
-        super().__init__(message)
-        self._message = message
-        self._code = code
-
-    def get_error_code(self) -> int:
-        return self._code
-
-    def get_error_message(self) -> str:
-        return self._message
+from tests.unit.fake_libvirt import FakeDomain, FakeLibvirt, FakeLibvirtError, install
 
 
 def _owned_xml(folder: Path | str) -> str:
@@ -51,122 +35,9 @@ def libvirt_driver_ns() -> str:
     return CCLOUDVM_NS
 
 
-class FakeDomain:
-    def __init__(self, xml: str, *, active: bool = False, state: int = 5) -> None:
-        self.xml = xml
-        self.active = active
-        self.state_code = state
-        self.calls: list[tuple[Any, ...]] = []
-        self.fail: dict[str, FakeLibvirtError] = {}
-        self.stays_on = False
-
-    def _maybe_fail(self, name: str) -> None:
-        if name in self.fail:
-            raise self.fail[name]
-
-    def XMLDesc(self, flags: int) -> str:  # noqa: N802 - libvirt's name
-        return self.xml
-
-    def UUIDString(self) -> str:  # noqa: N802 - libvirt's name
-        return "6b1c7c5e-0f5d-4a8e-9f43-3f1f1c2b9a10"
-
-    def isActive(self) -> int:  # noqa: N802 - libvirt's name
-        self.calls.append(("isActive",))
-        self._maybe_fail("isActive")
-        return int(self.active)
-
-    def state(self) -> list[int]:
-        self._maybe_fail("state")
-        return [self.state_code, 0]
-
-    def create(self) -> int:
-        self.calls.append(("create",))
-        self._maybe_fail("create")
-        self.active = True
-        return 0
-
-    def shutdown(self) -> int:
-        self.calls.append(("shutdown",))
-        self._maybe_fail("shutdown")
-        if not self.stays_on:
-            self.active = False
-        return 0
-
-    def destroy(self) -> int:
-        self.calls.append(("destroy",))
-        self._maybe_fail("destroy")
-        self.active = False
-        return 0
-
-    def undefineFlags(self, flags: int) -> int:  # noqa: N802 - libvirt's name
-        self.calls.append(("undefineFlags", flags))
-        self._maybe_fail("undefineFlags")
-        return 0
-
-
-class FakeConnection:
-    def __init__(self, kind: str = "QEMU") -> None:
-        self.kind = kind
-        self.domains: dict[str, FakeDomain] = {}
-        self.defined: list[str] = []
-        self.closed = False
-        self.lookup_error: FakeLibvirtError | None = None
-        self.define_error: FakeLibvirtError | None = None
-
-    def getType(self) -> str:  # noqa: N802 - libvirt's name
-        return self.kind
-
-    def lookupByName(self, name: str) -> FakeDomain:  # noqa: N802 - libvirt's name
-        if self.lookup_error is not None:
-            raise self.lookup_error
-        if name not in self.domains:
-            raise FakeLibvirtError(f"Domain not found: no domain with matching name '{name}'",
-                                   VIR_ERR_NO_DOMAIN)  # fmt: skip
-        return self.domains[name]
-
-    def defineXML(self, xml: str) -> FakeDomain:  # noqa: N802 - libvirt's name
-        if self.define_error is not None:
-            raise self.define_error
-        self.defined.append(xml)
-        dom = self.domains.get("dev") or FakeDomain(xml)
-        dom.xml = xml
-        self.domains["dev"] = dom
-        return dom
-
-    def close(self) -> int:
-        self.closed = True
-        return 0
-
-
-class FakeLibvirt(types.ModuleType):
-    VIR_ERR_NO_DOMAIN = VIR_ERR_NO_DOMAIN
-    VIR_DOMAIN_UNDEFINE_MANAGED_SAVE = 1
-    VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA = 2
-    VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA = 32
-    libvirtError = FakeLibvirtError  # noqa: N815 - libvirt's name
-
-    def __init__(self, conn: FakeConnection) -> None:
-        super().__init__("libvirt")
-        self.conn = conn
-        self.opened: list[str] = []
-        self.open_error: FakeLibvirtError | None = None
-        self.handlers: list[Any] = []
-
-    def registerErrorHandler(self, handler: Any, ctx: Any) -> None:  # noqa: N802
-        self.handlers.append(handler)
-
-    def open(self, uri: str) -> FakeConnection:
-        self.opened.append(uri)
-        if self.open_error is not None:
-            raise self.open_error
-        return self.conn
-
-
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> FakeLibvirt:
-    module = FakeLibvirt(FakeConnection())
-    monkeypatch.setitem(sys.modules, "libvirt", module)
-    return module
+    return install(monkeypatch)
 
 
 def _instance(tmp_path: Path, connect: str = "") -> tuple[InstanceFiles, InstanceState]:
