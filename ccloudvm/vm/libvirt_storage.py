@@ -42,10 +42,11 @@ def volume_name(path: Path) -> str:
 
 
 def _error(libvirt: Any, exc: Exception, what: str, uri: str) -> CcloudvmError:
-    message = str(exc.get_error_message() if hasattr(exc, "get_error_message") else exc)
+    full = str(exc.get_error_message() if hasattr(exc, "get_error_message") else exc).strip()
+    message = full.splitlines()[0] if full else repr(exc)  # one line
     code = exc.get_error_code() if hasattr(exc, "get_error_code") else None
     if code in (libvirt.VIR_ERR_OPERATION_DENIED, libvirt.VIR_ERR_AUTH_FAILED) or (
-        "ermission denied" in message
+        "ermission denied" in full
     ):
         return CcloudvmError(
             f"libvirt at {uri} does not allow us to {what}: {message}",
