@@ -40,8 +40,9 @@ def check(uri: str) -> None:
             f"{uri} is not a QEMU URI", hint="give a qemu:// URI, such as qemu:///session"
         )
     if is_remote(uri) and transport(uri) not in SSH_TRANSPORTS:
+        # qemu://HOST/ with no transport is TLS, libvirt's default for a host name
         raise UsageError(
-            f"libvirt on another host needs an SSH transport, not {transport(uri) or 'tcp'!r} "
+            f"libvirt on another host needs an SSH transport, not {transport(uri) or 'tls'!r} "
             f"({uri}): SSH to the guest goes through that host",
             hint="use qemu+ssh://USER@HOST/system (or qemu+libssh://)",
         )

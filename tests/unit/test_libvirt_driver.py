@@ -95,7 +95,7 @@ def test_a_uri_that_does_not_answer_says_so_in_one_line(fake: FakeLibvirt) -> No
     ("uri", "says"),
     [
         ("qemu+tcp://h/system", "needs an SSH transport, not 'tcp'"),
-        ("qemu://h/system", "needs an SSH transport, not 'tcp'"),
+        ("qemu://h/system", "needs an SSH transport, not 'tls'"),  # libvirt's default
         ("lxc:///", "is not a QEMU URI"),
         ("qemu+ssh://u@h/", "names neither /system nor /session"),
     ],
