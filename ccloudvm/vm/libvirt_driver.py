@@ -281,22 +281,29 @@ class LibvirtDriver:
     def delete(self) -> None:
         libvirt = _libvirt()
         dom = self._domain()
-        if dom is None:
-            return
-        if dom.isActive():
-            self._call("destroy", dom.destroy)
-        flags = (
-            libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-            | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-            | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
-        )
-        self._call("undefine", dom.undefineFlags, flags)
-        if self.remote:  # the image's volumes stay, for the next instance of that image
-            names = [self._disk_volume]
-            if self.files.seed.exists():
-                names.append(libvirt_storage.volume_name(self.files.seed))
-            store = libvirt_storage.pool(libvirt, self._connection(), self.uri)
-            libvirt_storage.remove(libvirt, store, names)
+        if dom is not None:
+            if dom.isActive():
+                self._call("destroy", dom.destroy)
+            flags = (
+                libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+            )
+            self._call("undefine", dom.undefineFlags, flags)
+        # Also with no domain (a create that failed after define): a disk left there would
+        # be the next instance of this name's. The image's volumes stay, for its next one.
+        if self.remote:
+            self._remove_volumes(libvirt)
+
+    def _remove_volumes(self, libvirt: Any) -> None:
+        names = [self._disk_volume]
+        if self.files.seed.exists():
+            names.append(libvirt_storage.volume_name(self.files.seed))
+        try:  # looked up, never made (a delete must not define a pool)
+            store = self._connection().storagePoolLookupByName(libvirt_storage.POOL)
+        except libvirt.libvirtError:
+            return  # no pool: no volumes of ours
+        libvirt_storage.remove(libvirt, store, names)
 
     @property
     def console_log(self) -> Path:
