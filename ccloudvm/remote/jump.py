@@ -43,11 +43,17 @@ class JumpHost:
                 hint=f"ssh to it once (ssh -p {self.port} {self.destination}) to record its key, "
                 "or give known_hosts=FILE in the URI",
             ) from None
+        except (paramiko.hostkeys.InvalidHostKey, UnicodeDecodeError):
+            raise JumpHostError(
+                f"cannot read {known} to check the host key of {self.host}: it has a line "
+                "that is not a host key",
+                hint=f"fix or remove that line of {known}",
+            ) from None
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
         try:
             client.connect(
                 self.host, port=self.port, username=self.user or None,
-                key_filename=str(self.key_path) if self.key_path else None,
+                key_filename=str(self.key_path.expanduser()) if self.key_path else None,
                 look_for_keys=self.key_path is None, allow_agent=self.key_path is None,
                 timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
             )  # fmt: skip
