@@ -384,6 +384,7 @@ def wait_for_ssh(
         except JumpHostError:
             raise
         except CcloudvmError as exc:
+            target.close()  # its connection to a jump host too: each try opens its own
             last = exc.message
             if on_attempt is not None:
                 on_attempt(last)
