@@ -93,13 +93,14 @@ def _follow(state: StateDir, name: str, text: str, offset: int, lines: int) -> N
 
     files = files_of(state, name)
     inst = load_state(state, name) if files.state.exists() else None
-    remote = inst is not None and drivers.is_remote(inst)
-    if remote:  # its console is a pty on that host: copied here while we follow
-        drivers.for_instance(files, inst).tap_console()  # type: ignore[arg-type,attr-defined]
+    # One driver, one connection to that host for the whole follow (not one a poll).
+    remote = drivers.for_instance(files, inst) if inst and drivers.is_remote(inst) else None
+    if remote is not None:  # its console is a pty on that host: copied here while we follow
+        remote.tap_console()  # type: ignore[attr-defined]
 
     def going() -> bool:
-        if remote:
-            return drivers.machine_running(files, inst)  # type: ignore[arg-type]
+        if remote is not None:
+            return remote.is_running()
         return creation(files) == "creating" or (
             process.running_pid(files.pidfile, files.dir) is not None
         )
