@@ -28,7 +28,7 @@ from ccloudvm.state.instance_state import (
 )
 from ccloudvm.state.paths import StateDir
 from ccloudvm.vm.libvirt_xml import CCLOUDVM_NS
-from tests.unit.fake_libvirt import FakeDomain, FakeLibvirt, FakeLibvirtError, install
+from tests.unit.fake_libvirt import FakeDomain, FakeLibvirt, FakeLibvirtError, FakeStream, install
 
 REMOTE = "qemu+ssh://alice@far.example:2222/system?keyfile=/k/id_far&known_hosts=/k/far_hosts"
 SSH = shutil.which("ssh")
@@ -291,3 +291,42 @@ def test_snapshots_are_refused_under_libvirt(fake: FakeLibvirt, state: StateDir,
         )
     assert not files.snapshots.exists()
     assert fake.opened == []
+
+
+# --- logs --follow --------------------------------------------------------------------
+
+
+class _Boots(FakeDomain):
+    """A domain that runs while the first `polls` questions are asked, then stops."""
+
+    def __init__(self, xml: str, polls: int) -> None:
+        super().__init__(xml, active=True, state=1)
+        self.polls = polls
+
+    def isActive(self) -> int:  # noqa: N802 - libvirt's name
+        self.polls -= 1
+        self.active = self.polls >= 0
+        return super().isActive()
+
+
+def test_logs_follow_copies_the_remote_console_until_the_domain_stops(
+    fake: FakeLibvirt, state: StateDir, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files, _ = _instance(state)
+    files.serial.write_text("earlier boot\n")
+    dom = _domain(fake, files, active=True, state=1)
+    boots = _Boots(dom.xml, polls=4)
+    fake.conn.domains["dev"] = boots
+
+    def console(stream: FakeStream) -> None:
+        stream.incoming = [b"Linux version 6.1\n", b"dev login: \n"]
+
+    fake.conn.next_stream = console
+    try:
+        main(["logs", "dev", "--follow"])
+    except SystemExit as exc:
+        assert not exc.code
+    out = capsys.readouterr().out
+    assert out == "earlier boot\nLinux version 6.1\ndev login: \n"
+    assert ("openConsole", None, 1) in boots.calls
+    assert fake.opened == [REMOTE]  # one connection for the whole follow, not one a poll
