@@ -79,13 +79,18 @@ class JumpHost:
             ) from None
         return client
 
-    def channel_to(self, client: paramiko.SSHClient, host: str, port: int) -> paramiko.Channel:
-        """A TCP connection from the jump host to host:port (its own loopback, say)."""
+    def channel_to(
+        self, client: paramiko.SSHClient, host: str, port: int, timeout: float | None = None
+    ) -> paramiko.Channel:
+        """A TCP connection from the jump host to host:port (its own loopback, say); an
+        SSHException after `timeout` seconds without an answer (paramiko's default: 1 h)."""
         transport = client.get_transport()
         if transport is None:
             raise CcloudvmError(f"the SSH connection to {self.destination} is closed")
         try:
-            return transport.open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0))
+            return transport.open_channel(
+                "direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=timeout
+            )
         except paramiko.ChannelException as exc:
             # The forward is not listening yet (the guest's QEMU is still starting), or
             # the host forbids forwarding (AllowTcpForwarding no).

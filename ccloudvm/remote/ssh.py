@@ -131,7 +131,7 @@ class SSHTarget:
             sock = None
             if self.jump is not None:
                 self._jump_client = self._jump_client or self.jump.connect(timeout)
-                sock = self.jump.channel_to(self._jump_client, self.host, self.port)
+                sock = self.jump.channel_to(self._jump_client, self.host, self.port, timeout)
             client.connect(
                 self.host, port=self.port, username=self.user, pkey=pkey, sock=sock,
                 look_for_keys=False, allow_agent=False, timeout=timeout,
