@@ -65,6 +65,7 @@ class _JumpServer(paramiko.ServerInterface):
         self, chanid: int, origin: tuple[str, int], destination: tuple[str, int]
     ) -> int:
         self.owner.forwards.append(destination)
+        self.owner.answer.wait(30)  # cleared: a host that does not answer (yet)
         if not self.owner.forwarding:
             return OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED  # AllowTcpForwarding no
         try:
@@ -82,6 +83,8 @@ class JumpTestServer:
         self.user = user
         self.allowed_key_b64 = allowed_key_b64
         self.forwarding = True
+        self.answer = threading.Event()
+        self.answer.set()
         self.forwards: list[tuple[str, int]] = []
         self.transports: list[paramiko.Transport] = []
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -125,6 +128,7 @@ class JumpTestServer:
 
     def close(self) -> None:
         self._closed = True
+        self.answer.set()
         self._listener.close()
         for transport in self.transports:
             transport.close()
@@ -387,6 +391,34 @@ def test_a_jump_host_that_forbids_forwarding_is_one_line(jump: Jump, echo: int) 
         )
     finally:
         client.close()
+
+
+def test_a_jump_host_that_does_not_answer_a_channel_is_given_up_on(jump: Jump, echo: int) -> None:
+    host = jump.host()
+    client = host.connect(timeout=5)
+    jump.server.answer.clear()
+    start = time.monotonic()
+    try:
+        with pytest.raises(paramiko.SSHException, match="Timeout opening channel"):
+            host.channel_to(client, "127.0.0.1", echo, timeout=0.5)
+        assert time.monotonic() - start < 3  # not paramiko's default of an hour
+    finally:
+        jump.server.answer.set()
+        client.close()
+
+
+def test_wait_for_ssh_gives_up_on_a_jump_host_that_does_not_answer_by_its_deadline(
+    jump: Jump, guest: Env
+) -> None:
+    jump.server.answer.clear()
+    start = time.monotonic()
+    with pytest.raises(CcloudvmError, match="vm1 did not accept SSH in time: .*Timeout opening"):
+        wait_for_ssh(
+            name="vm1", host="127.0.0.1", port=guest.server.port, user=guest.user,
+            key_path=guest.key_path, host_key_public=guest.host_key_public,
+            deadline=start + 2, jump=jump.host(),
+        )  # fmt: skip
+    assert time.monotonic() - start < 8
 
 
 def test_a_closed_connection_has_no_channels(jump: Jump, echo: int) -> None:
