@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -330,3 +331,51 @@ def test_logs_follow_copies_the_remote_console_until_the_domain_stops(
     assert out == "earlier boot\nLinux version 6.1\ndev login: \n"
     assert ("openConsole", None, 1) in boots.calls
     assert fake.opened == [REMOTE]  # one connection for the whole follow, not one a poll
+
+
+# --- booting ---------------------------------------------------------------------------
+
+
+def test_ssh_to_a_remote_instance_is_through_the_uris_host(
+    state: StateDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ccloudvm.instance import boot
+    from ccloudvm.remote.jump import JumpHost
+
+    files, inst = _instance(state)
+    files.host_key_pub.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFake host\n")
+    given: list[dict[str, object]] = []
+    monkeypatch.setattr(boot, "wait_for_ssh", lambda **kwargs: given.append(kwargs))
+    boot.ssh_target_for(state, inst, deadline=0)
+    _, local = _instance(state, "near", connect="", driver="qemu")
+    InstanceFiles(state.instance_dir("near")).host_key_pub.write_text("ssh-ed25519 AAAA x\n")
+    boot.ssh_target_for(state, local, deadline=0)
+    assert given[0]["jump"] == JumpHost(
+        "far.example", 2222, "alice", Path("/k/id_far"), Path("/k/far_hosts")
+    )
+    assert (given[0]["host"], given[0]["port"]) == ("127.77.0.2", 10023)  # its loopback there
+    assert given[1]["jump"] is None
+
+
+def test_a_remote_launch_keeps_its_port_when_this_hosts_is_taken(
+    fake: FakeLibvirt, state: StateDir
+) -> None:
+    """The forward listens on that host: a local listener on the port is no reason to
+    move it (and re-pin the host key)."""
+    from ccloudvm.instance import boot
+    from ccloudvm.vm.accel import Acceleration
+    from tests.unit.fake_libvirt import FakePool, pool_xml
+
+    fake.conn.pools["ccloudvm"] = FakePool(pool_xml())
+    files, inst = _instance(state, host_ip="127.0.0.1")
+    for name, data in (("disk.qcow2", b"image"), ("seed.iso", b"seed")):
+        (files.dir / name).write_bytes(data)
+    inst.image = ImageRef("debian-12", "k", str(files.disk))
+    pinned = files.known_hosts.read_text()
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        taken = inst.ssh_port = busy.getsockname()[1]
+        boot.launch(state, files, inst, Acceleration("tcg", False, "test"))
+    assert load_state(state, "dev").ssh_port == inst.ssh_port == taken
+    assert files.known_hosts.read_text() == pinned
+    assert fake.conn.domains["dev"].active
+    assert f"hostfwd=tcp:127.0.0.1:{inst.ssh_port}-:22" in fake.conn.defined[-1]
