@@ -15,6 +15,7 @@ through a libvirt stream, and SSH to the guest goes through that host.
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,7 +61,27 @@ def _libvirt() -> Any:
         ) from None
     # libvirt prints every error to stderr itself unless told not to; ours say it once.
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    _run_event_loop(libvirt)
     return libvirt
+
+
+_event_loop: list[threading.Thread] = []
+
+
+def _run_event_loop(libvirt: Any) -> None:
+    """libvirt's event loop in a thread, registered before any connection opens, as virsh
+    does: without it a remote connection over libssh hangs on the first large reply (a
+    domain's XML, measured here), and streams (the console) have nothing to run them."""
+    if _event_loop:
+        return
+    libvirt.virEventRegisterDefaultImpl()
+
+    def run() -> None:
+        while libvirt.virEventRunDefaultImpl() == 0:
+            pass
+
+    _event_loop.append(threading.Thread(target=run, name="libvirt-events", daemon=True))
+    _event_loop[0].start()
 
 
 def _message(exc: Exception) -> str:

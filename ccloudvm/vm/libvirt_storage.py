@@ -130,7 +130,7 @@ def upload(libvirt: Any, conn: Any, store: Any, path: Path, uri: str) -> str:
             return str(found.path())
         size = path.stat().st_size
         _check_room(store, size, uri)
-        ui.info(f"uploading {path.name} ({size / 2**20:.0f} MiB) to {urlsplit(uri).hostname}")
+        ui.info(f"uploading {path.name} ({size / 2**20:.1f} MiB) to {urlsplit(uri).hostname}")
         volume = store.createXML(_volume_xml(name, size, "raw"), 0)
     except libvirt.libvirtError as exc:
         raise _error(libvirt, exc, f"make a volume for {path.name}", uri) from None

@@ -61,6 +61,8 @@ done
 for d in /run /var/lib /var/cache /var/log /etc/libvirt; do
     mount -t tmpfs -o mode=0755 ccloudvm-e2e "$d"
 done
+# /var/lock is /run/lock: libvirt locks a console's pty there when a client opens it.
+mkdir -m 1777 /run/lock
 cp "$root/qemu.conf" /etc/libvirt/qemu.conf
 if [ -n "$sshd_root" ]; then
     mkdir -m 0755 /run/sshd

@@ -332,6 +332,13 @@ class FakeLibvirt(types.ModuleType):
     def registerErrorHandler(self, handler: Any, ctx: Any) -> None:  # noqa: N802
         self.handlers.append(handler)
 
+    def virEventRegisterDefaultImpl(self) -> int:  # noqa: N802 - libvirt's name
+        self.event_impl = True
+        return 0
+
+    def virEventRunDefaultImpl(self) -> int:  # noqa: N802 - libvirt's name
+        return -1  # the fake has no events: the loop thread ends at once
+
     def open(self, uri: str) -> FakeConnection:
         self.opened.append(uri)
         if self.open_error is not None:
