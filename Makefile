@@ -103,11 +103,12 @@ lint: venv
 
 # Figures, never assertions: start-up (issue 9), the new user's path (issue 10), then the
 # boot benchmark.
-bench: setup
+bench: setup libvirt test-sshd
 	$(PY) bench/startup.py
 	$(PY) bench/user_path.py
 	$(PY) bench/snapshots.py
 	$(PY) bench/boot.py
+	$(PY) bench/libvirt.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -11,6 +11,15 @@ import paramiko
 
 from ccloudvm.core.errors import CcloudvmError
 
+DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts")
+GLOBAL_KNOWN_HOSTS = Path("/etc/ssh/ssh_known_hosts")
+
+
+def _config_value(value: object) -> str:
+    """A path as ssh_config reads it: quoted when it has a space."""
+    text = str(value)
+    return f'"{text}"' if any(c.isspace() for c in text) else text
+
 
 class JumpHostError(CcloudvmError):
     """The host between us and the guest refused us: retrying will not help."""
@@ -22,7 +31,7 @@ class JumpHost:
     port: int = 22
     user: str = ""  # empty: the local user's name, as ssh does
     key_path: Path | None = None  # None: ssh's usual keys and the agent
-    known_hosts: Path = Path("~/.ssh/known_hosts")
+    known_hosts: Path = Path("~/.ssh/known_hosts")  # DEFAULT_KNOWN_HOSTS
 
     @property
     def destination(self) -> str:
@@ -36,6 +45,11 @@ class JumpHost:
         known = self.known_hosts.expanduser()
         client = paramiko.SSHClient()
         try:
+            # As ssh: the system's known hosts too (read-only), unless the URI names a file.
+            if self.known_hosts == DEFAULT_KNOWN_HOSTS and GLOBAL_KNOWN_HOSTS.is_file():
+                client.load_system_host_keys(str(GLOBAL_KNOWN_HOSTS))
+                if not known.exists():
+                    known = GLOBAL_KNOWN_HOSTS
             client.load_host_keys(str(known))
         except OSError as exc:
             raise JumpHostError(
@@ -104,6 +118,9 @@ class JumpHost:
         if self.user:
             lines.append(f"  User {self.user}")
         if self.key_path:
-            lines += [f"  IdentityFile {self.key_path}", "  IdentitiesOnly yes"]
-        lines += [f"  UserKnownHostsFile {self.known_hosts}", "  StrictHostKeyChecking yes"]
+            lines += [f"  IdentityFile {_config_value(self.key_path)}", "  IdentitiesOnly yes"]
+        lines += [
+            f"  UserKnownHostsFile {_config_value(self.known_hosts)}",
+            "  StrictHostKeyChecking yes",
+        ]
         return "\n".join(lines) + "\n"

@@ -14,6 +14,7 @@ through a libvirt stream, and SSH to the guest goes through that host.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
@@ -251,17 +252,27 @@ class LibvirtDriver:
         try:
             dom = self._connection().defineXML(self._xml)
             dom.create()
-            if self.remote:  # its console is a pty there: copied into our serial log
-                self._tap(dom)
         except libvirt.libvirtError as exc:
             raise LaunchFailed(
                 f"libvirt failed to start {self.inst.name!r}: {_message(exc)}",
                 hint=f"the domain it was given is {self.files.dir / 'domain.xml'}",
             ) from None
+        if not self.remote:
+            return
+        try:  # its console is a pty there: copied into our serial log
+            self._tap(dom, force=True)
+        except libvirt.libvirtError as exc:
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.destroy()  # nobody could see it boot, nor know when it is ready
+            raise LaunchFailed(
+                f"libvirt started {self.inst.name!r} but could not open its console: "
+                f"{_message(exc)}; it was stopped again",
+                hint="the console is the domain's first serial port, a pty on that host",
+            ) from None
 
-    def _tap(self, dom: Any) -> None:
+    def _tap(self, dom: Any, *, force: bool = False) -> None:
         self._console = libvirt_storage.ConsoleTap(
-            _libvirt(), self._connection(), dom, Path(self.files.serial)
+            _libvirt(), self._connection(), dom, Path(self.files.serial), force=force
         )
 
     def tap_console(self) -> None:

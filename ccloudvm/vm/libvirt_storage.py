@@ -64,6 +64,7 @@ def pool(libvirt: Any, conn: Any, uri: str) -> Any:
         if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
             raise _error(libvirt, exc, "look up its storage pools", uri) from None
         found = None
+    made = None
     try:
         if found is None:
             if urlsplit(uri).path.rstrip("/") != "/system":
@@ -77,12 +78,16 @@ def pool(libvirt: Any, conn: Any, uri: str) -> Any:
                 f"<target><path>{SYSTEM_POOL_DIR}</path></target></pool>"
             )
             found = conn.storagePoolDefineXML(xml, 0)
+            made = found
             found.build(0)
             found.setAutostart(1)
         if not found.isActive():
             found.create(0)
         found.refresh(0)
     except libvirt.libvirtError as exc:
+        if made is not None:  # never leave a pool defined that cannot start
+            with contextlib.suppress(Exception):
+                made.undefine()
         raise _error(libvirt, exc, f"make its storage pool {POOL!r}", uri) from None
     return found
 
@@ -126,8 +131,10 @@ def upload(libvirt: Any, conn: Any, store: Any, path: Path, uri: str) -> str:
     name = volume_name(path)
     try:
         found = _lookup(libvirt, store, name)
-        if found is not None:
+        if found is not None and _lookup(libvirt, store, done_marker(name)) is not None:
             return str(found.path())
+        if found is not None:  # an upload that never finished (its process was killed)
+            found.delete(0)
         size = path.stat().st_size
         _check_room(store, size, uri)
         ui.info(f"uploading {path.name} ({size / 2**20:.1f} MiB) to {urlsplit(uri).hostname}")
@@ -140,6 +147,8 @@ def upload(libvirt: Any, conn: Any, store: Any, path: Path, uri: str) -> str:
         with path.open("rb") as source:
             stream.sendAll(lambda _stream, nbytes, src: src.read(min(nbytes, _CHUNK)), source)
         stream.finish()
+        # What "this volume is complete" means: a process killed mid-upload made none.
+        store.createXML(_volume_xml(done_marker(name), 0, "raw"), 0)
     except BaseException as exc:
         # Never leave a partial upload under a name that says it holds this content.
         _abort(stream)
@@ -148,6 +157,10 @@ def upload(libvirt: Any, conn: Any, store: Any, path: Path, uri: str) -> str:
             raise _error(libvirt, exc, f"upload {path.name}", uri) from None
         raise
     return str(volume.path())
+
+
+def done_marker(name: str) -> str:
+    return f"{name}.complete"
 
 
 def disk(libvirt: Any, store: Any, name: str, backing: str, size: int, uri: str) -> str:
@@ -162,7 +175,7 @@ def disk(libvirt: Any, store: Any, name: str, backing: str, size: int, uri: str)
 
 
 def remove(libvirt: Any, store: Any, names: list[str]) -> None:
-    for name in names:
+    for name in [*names, *map(done_marker, names)]:
         try:
             found = _lookup(libvirt, store, name)
         except libvirt.libvirtError:
@@ -184,9 +197,13 @@ def _delete(volume: Any) -> None:
 class ConsoleTap:
     """Copies a domain's console into a local file until the domain or the process ends."""
 
-    def __init__(self, libvirt: Any, conn: Any, domain: Any, log: Path) -> None:
+    def __init__(
+        self, libvirt: Any, conn: Any, domain: Any, log: Path, *, force: bool = True
+    ) -> None:
         self._stream = conn.newStream(0)
-        domain.openConsole(None, self._stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
+        # A boot (create, start) takes the console over; `logs -f` must not take it from one.
+        flags = libvirt.VIR_DOMAIN_CONSOLE_FORCE if force else 0
+        domain.openConsole(None, self._stream, flags)
         self._log = log
         self._thread = threading.Thread(target=self._copy, name="console", daemon=True)
         self._thread.start()

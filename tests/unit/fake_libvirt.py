@@ -160,6 +160,11 @@ class FakePool(_Failing):
         self.autostart = bool(autostart)
         return 0
 
+    def undefine(self) -> int:
+        self.calls.append(("undefine",))
+        self.undefined = True
+        return 0
+
     def refresh(self, flags: int) -> int:
         self.calls.append(("refresh", flags))
         self._maybe_fail("refresh")

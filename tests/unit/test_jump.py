@@ -211,6 +211,18 @@ def test_connect_with_the_host_key_in_known_hosts(jump: Jump) -> None:
         client.close()
 
 
+def test_without_known_hosts_in_the_uri_the_systems_file_counts_too(
+    jump: Jump, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As ssh's GlobalKnownHostsFile: a host recorded only there is known.
+    from ccloudvm.remote import jump as jump_module
+
+    monkeypatch.setattr(jump_module, "GLOBAL_KNOWN_HOSTS", jump.known_hosts)
+    monkeypatch.setenv("HOME", str(tmp_path / "no-home"))  # no ~/.ssh/known_hosts at all
+    client = jump.host(known_hosts=jump_module.DEFAULT_KNOWN_HOSTS).connect(timeout=5)
+    client.close()
+
+
 def test_a_missing_known_hosts_file_is_one_line(jump: Jump, tmp_path: Path) -> None:
     host = jump.host(known_hosts=tmp_path / "nowhere" / "known_hosts")
     with pytest.raises(JumpHostError) as info:
@@ -430,6 +442,13 @@ def test_a_closed_connection_has_no_channels(jump: Jump, echo: int) -> None:
 
 
 # -- the ssh_config stanza --------------------------------------------------------------
+
+
+def test_the_stanza_quotes_paths_with_spaces() -> None:
+    spaced = JumpHost("far.example", 22, "", Path("/my keys/id"), Path("/my keys/hosts"))
+    stanza = spaced.ssh_config("j")
+    assert '  IdentityFile "/my keys/id"\n' in stanza
+    assert '  UserKnownHostsFile "/my keys/hosts"\n' in stanza
 
 
 def test_the_stanza_names_the_host_its_key_and_its_known_hosts() -> None:

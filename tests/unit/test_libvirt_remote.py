@@ -22,6 +22,7 @@ from ccloudvm.vm.accel import Acceleration
 from ccloudvm.vm.libvirt_driver import LibvirtDriver
 from ccloudvm.vm.libvirt_storage import volume_name
 from ccloudvm.vm.libvirt_xml import CCLOUDVM_NS, QEMU_NS, domain_xml, owner_of
+from ccloudvm.vm.machine import LaunchFailed
 from ccloudvm.vm.qemu import DirectBoot, MachineConfig
 from tests.unit.fake_libvirt import (
     FakeDomain,
@@ -254,7 +255,8 @@ def test_define_puts_the_files_in_the_pool_and_names_their_volumes(
         volume_name(files.seed): b"seed iso for dev",
     }
     assert {name: bytes(store.volumes[name].data) for name in uploaded} == uploaded
-    assert set(store.volumes) == {*uploaded, "dev-disk.qcow2"}
+    markers = {f"{name}.complete" for name in uploaded}  # each upload said complete
+    assert set(store.volumes) == {*uploaded, *markers, "dev-disk.qcow2"}
     disk_xml = ET.fromstring(store.volumes["dev-disk.qcow2"].xml)
     assert disk_xml.findtext("backingStore/path") == f"/srv/pool/{image_vol}"
     assert disk_xml.findtext("capacity") == str(8 << 30)
@@ -362,6 +364,30 @@ def test_start_copies_the_remote_console_into_the_serial_log(
     assert files.serial.read_bytes() == b"Linux version 6.1\nlogin: "
 
 
+def test_a_started_domain_whose_console_cannot_be_opened_is_stopped_again(
+    fake: FakeLibvirt, store: FakePool, tmp_path: Path
+) -> None:
+    files, inst = _instance(tmp_path)
+    driver = LibvirtDriver(files, inst)
+    driver.define(_machine(files, inst))
+    real_define = fake.conn.defineXML
+
+    def define(xml: str) -> FakeDomain:
+        dom = real_define(xml)
+        dom.fail["openConsole"] = FakeLibvirtError("Couldn't create lock file for device")
+        return dom
+
+    fake.conn.defineXML = define  # type: ignore[method-assign]
+    with pytest.raises(LaunchFailed) as info:
+        driver.start()
+    assert info.value.message == (
+        "libvirt started 'dev' but could not open its console: Couldn't create lock file "
+        "for device; it was stopped again"
+    )
+    dom = fake.conn.domains["dev"]
+    assert ("destroy",) in dom.calls and not dom.active  # nobody could see it boot
+
+
 def test_tap_console_opens_the_console_of_a_running_remote_domain_only(
     fake: FakeLibvirt, tmp_path: Path
 ) -> None:
@@ -374,7 +400,7 @@ def test_tap_console_opens_the_console_of_a_running_remote_domain_only(
     assert not any(call[0] == "openConsole" for call in dom.calls)
     dom.active = True
     LibvirtDriver(files, inst).tap_console()
-    assert ("openConsole", None, 1) in dom.calls
+    assert ("openConsole", None, 0) in dom.calls  # not forced: a boot's copy is not taken over
     local_files, local = _instance(tmp_path, connect="qemu:///system")
     dom.calls.clear()
     LibvirtDriver(local_files, local).tap_console()
@@ -400,7 +426,7 @@ def test_delete_removes_the_disk_and_seed_but_keeps_the_images_volumes(
     cache = tmp_path / "cache"
     kept = {volume_name(cache / n) for n in ("img.qcow2", "vmlinuz", "initrd.img")}
     LibvirtDriver(files, inst).delete()
-    assert set(store.volumes) == kept
+    assert set(store.volumes) == kept | {f"{name}.complete" for name in kept}
     assert fake.conn.domains["dev"].calls[-1][0] == "undefineFlags"
 
 

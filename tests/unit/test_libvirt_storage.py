@@ -157,6 +157,20 @@ def test_a_failed_pool_lookup_is_reported_and_nothing_made(lv: FakeLibvirt) -> N
     assert lv.conn.pools_defined == []
 
 
+def test_a_pool_made_that_cannot_be_built_is_undefined_again(lv: FakeLibvirt) -> None:
+    real_define = lv.conn.storagePoolDefineXML
+
+    def define(xml: str, flags: int) -> FakePool:
+        made = real_define(xml, flags)
+        made.fail["build"] = FakeLibvirtError("cannot create path '/var/lib/libvirt': Read-only")
+        return made
+
+    lv.conn.storagePoolDefineXML = define  # type: ignore[method-assign]
+    with pytest.raises(CcloudvmError, match="could not make its storage pool 'ccloudvm'"):
+        libvirt_storage.pool(lv, lv.conn, SYSTEM)
+    assert ("undefine",) in lv.conn.pools["ccloudvm"].calls  # not left defined and dead
+
+
 def test_a_pool_that_does_not_start_is_reported(lv: FakeLibvirt, store: FakePool) -> None:
     store.active = False
     store.fail["create"] = FakeLibvirtError("cannot open directory '/srv/pool': No such file")
@@ -202,6 +216,22 @@ def test_a_file_already_there_is_not_uploaded_again(
     assert again == first
     assert not any(c[0] == "createXML" for c in store.calls)
     assert len(lv.conn.streams) == 1  # the first upload's only
+
+
+def test_an_upload_that_never_finished_is_made_again(
+    lv: FakeLibvirt, store: FakePool, tmp_path: Path
+) -> None:
+    image = _file(tmp_path, "img.qcow2", b"y" * 2000)
+    libvirt_storage.upload(lv, lv.conn, store, image, SYSTEM)
+    name = volume_name(image)
+    assert f"{name}.complete" in store.volumes
+    # As a process killed mid-upload leaves it: the volume, half-written, and no marker.
+    del store.volumes[f"{name}.complete"]
+    store.volumes[name].data[:] = b"y" * 10
+    libvirt_storage.upload(lv, lv.conn, store, image, SYSTEM)
+    assert bytes(store.volumes[name].data) == b"y" * 2000
+    assert f"{name}.complete" in store.volumes
+    assert len(lv.conn.streams) == 2
 
 
 def test_a_failed_upload_deletes_its_volume_and_says_so_in_one_line(
