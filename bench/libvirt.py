@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 from bench.user_path import fresh_home  # noqa: E402
 from ccloudvm.images import catalog as images  # noqa: E402
 from ccloudvm.state.paths import StateDir  # noqa: E402
+from ccloudvm.vm import accel  # noqa: E402
 
 SHAPE = ["--mem", "1024", "--cpus", "2", "--disk", "8"]
 
@@ -88,9 +89,12 @@ def main() -> None:
                 missing["remote"] = remote_problem
                 continue
             remote_home = fresh_home(work, args.image_cache)
+            # The "remote" host is this one: the acceleration a local VM gets here (its
+            # libvirt may offer a KVM that hangs guests, which only the local probe sees).
+            local_accel = accel.detect(mode="auto", run_dir=work).accel
             hide = [remote_home, args.image_cache]
             with libvirt_daemon.remote_daemon(work / f"remote-{run}", hide) as remote:
-                flags = ("--driver", "libvirt", "--connect", remote.uri)
+                flags = ("--driver", "libvirt", "--connect", remote.uri, "--accel", local_accel)
                 figures.setdefault("remote 1st", []).append(
                     create_delete(remote_home, f"r{run}", *flags)
                 )

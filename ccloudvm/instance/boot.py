@@ -66,7 +66,10 @@ _warned_tcg: list[bool] = []
 
 def acceleration(state: StateDir, inst: InstanceState) -> accel.Acceleration:
     kernel = Path(inst.image.kernel) if inst.image.kernel else None
-    acc = accel.detect(mode=inst.accel_mode, run_dir=state.run, probe_kernel=kernel)
+    if drivers.is_remote(inst):  # the VM runs there: what that host offers counts
+        acc = drivers.remote_acceleration(files_of(state, inst.name), inst)
+    else:
+        acc = accel.detect(mode=inst.accel_mode, run_dir=state.run, probe_kernel=kernel)
     if not acc.is_kvm and inst.accel_mode == "auto" and not _warned_tcg:
         _warned_tcg.append(True)  # once per command, however many machines it starts
         ui.warn(

@@ -15,6 +15,7 @@ from ccloudvm.core import pids as process
 from ccloudvm.core.errors import UsageError
 from ccloudvm.state.instance_state import InstanceFiles, InstanceState
 from ccloudvm.vm import qemu
+from ccloudvm.vm.accel import Acceleration
 from ccloudvm.vm.machine import Machine
 
 if TYPE_CHECKING:
@@ -78,6 +79,13 @@ def machine_running(files: InstanceFiles, inst: InstanceState) -> bool:
     if is_remote(inst):
         return for_instance(files, inst).is_running()
     return process.running_pid(files.pidfile, files.dir) is not None
+
+
+def remote_acceleration(files: InstanceFiles, inst: InstanceState) -> Acceleration:
+    """What the host a remote instance runs on offers (its libvirt's capabilities)."""
+    from ccloudvm.vm.libvirt_driver import LibvirtDriver
+
+    return LibvirtDriver(files, inst).acceleration(inst.accel_mode)
 
 
 def require_qemu(inst: InstanceState, what: str) -> None:

@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import threading
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ from ccloudvm.core.errors import CcloudvmError, UsageError
 from ccloudvm.core.proc import find_program
 from ccloudvm.state.instance_state import InstanceFiles, InstanceState
 from ccloudvm.vm import libvirt_storage, libvirt_uri, qemu
+from ccloudvm.vm.accel import Acceleration
 from ccloudvm.vm.libvirt_xml import domain_xml, owner_of
 from ccloudvm.vm.machine import LaunchFailed
 
@@ -280,6 +282,24 @@ class LibvirtDriver:
         dom = self._domain()
         if self.remote and dom is not None and dom.isActive():
             self._call("open the console of", self._tap, dom)
+
+    def acceleration(self, mode: str) -> Acceleration:
+        """What the remote host offers: KVM when its libvirt can make kvm domains."""
+        if mode in ("kvm", "tcg"):
+            return Acceleration(mode, False, f"asked for with --accel {mode}")
+        caps = self._call("ask about the host of", self._connection().getCapabilities)
+        try:
+            root = ET.fromstring(caps)
+        except ET.ParseError:
+            root = ET.Element("capabilities")
+        kvm = any(
+            guest.find("arch[@name='x86_64']/domain[@type='kvm']") is not None
+            for guest in root.iter("guest")
+        )
+        host = libvirt_uri.host_of(self.uri)
+        if kvm:
+            return Acceleration("kvm", False, f"{host}'s libvirt offers KVM")
+        return Acceleration("tcg", False, f"{host}'s libvirt offers no KVM")
 
     def is_running(self) -> bool:
         dom = self._domain()

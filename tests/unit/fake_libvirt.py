@@ -303,6 +303,11 @@ class FakeConnection:
         self.pools[ET.fromstring(xml).findtext("name") or ""] = made
         return made
 
+    capabilities = "<capabilities><guest><arch name='x86_64'><domain type='qemu'/></arch></guest></capabilities>"
+
+    def getCapabilities(self) -> str:  # noqa: N802 - libvirt's name
+        return self.capabilities
+
     def newStream(self, flags: int) -> FakeStream:  # noqa: N802 - libvirt's name
         stream = FakeStream()
         if self.next_stream is not None:

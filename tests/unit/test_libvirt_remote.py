@@ -536,3 +536,24 @@ def test_suspend_and_snapshots_need_the_qemu_driver(tmp_path: Path) -> None:
     assert info.value.hint is not None and "--driver qemu" in info.value.hint
     _, qemu = _instance(tmp_path, driver="qemu", connect="")
     drivers.require_qemu(qemu, "suspend")  # no error
+
+
+KVM_CAPS = (
+    "<capabilities><guest><os_type>hvm</os_type><arch name='x86_64'><domain type='qemu'/>"
+    "<domain type='kvm'/></arch></guest></capabilities>"
+)
+
+
+def test_a_remote_instance_gets_the_acceleration_its_host_offers(
+    fake: FakeLibvirt, tmp_path: Path
+) -> None:
+    files, inst = _instance(tmp_path)
+    driver = LibvirtDriver(files, inst)
+    tcg = driver.acceleration("auto")
+    assert (tcg.accel, tcg.reason) == ("tcg", "far.example's libvirt offers no KVM")
+    fake.conn.capabilities = KVM_CAPS
+    kvm = driver.acceleration("auto")
+    assert (kvm.accel, kvm.nested, kvm.reason) == ("kvm", False, "far.example's libvirt offers KVM")
+    assert driver.acceleration("tcg").accel == "tcg"  # --accel wins
+    fake.conn.capabilities = "not xml"
+    assert driver.acceleration("auto").accel == "tcg"
