@@ -100,6 +100,12 @@ def connect(uri: str) -> Any:
     try:
         conn = libvirt.open(uri)
     except libvirt.libvirtError as exc:
+        if _refused(libvirt, exc):
+            raise CcloudvmError(
+                f"libvirt at {uri} refused us: {_message(exc)}",
+                hint="for a /system URI join that host's libvirt group (or use qemu:///session); "
+                "over SSH, check the user and key the URI names",
+            ) from None
         raise CcloudvmError(
             f"libvirt at {uri} does not answer: {_message(exc)}",
             hint="start the libvirt daemon (libvirtd or virtqemud), or give another --connect URI",
@@ -110,6 +116,18 @@ def connect(uri: str) -> Any:
             hint="give a qemu:// URI, such as qemu:///session",
         )
     return conn
+
+
+def _refused(libvirt: Any, exc: Any) -> bool:
+    """A "no" (permissions, polkit, SSH authentication) rather than nobody there."""
+    denied = {
+        getattr(libvirt, name, None)
+        for name in ("VIR_ERR_AUTH_FAILED", "VIR_ERR_AUTH_UNAVAILABLE",
+                     "VIR_ERR_AUTH_CANCELLED", "VIR_ERR_OPERATION_DENIED")
+    } - {None}  # fmt: skip
+    text = _message(exc).lower()
+    said = ("permission denied", "access denied", "failed to authenticate", "authentication failed")
+    return exc.get_error_code() in denied or any(words in text for words in said)
 
 
 def _lookup(conn: Any, name: str) -> Any | None:

@@ -74,6 +74,15 @@ def _lifecycle(cli: CLI, remote: RemoteLibvirt, tmp_path: Path) -> None:
     gone = cli("create", "debian", "--name", NAME, *common[:3], closed, check=False)
     assert gone.code == 1 and "does not answer" in gone.err, gone.err
     assert len(gone.err.strip().splitlines()) == 1 and "Traceback" not in gone.err
+    # ... and a key that host does not take.
+    other_key = tmp_path / "other_key"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other_key)], check=True
+    )  # noqa: S603,S607
+    refused = cli("create", "debian", "--name", NAME, *common[:3],
+                  uri.replace(str(remote.key), str(other_key)), check=False)  # fmt: skip
+    assert refused.code == 1 and "refused us" in refused.err, refused.err
+    assert len(refused.err.strip().splitlines()) == 1 and "Traceback" not in refused.err
     assert not (cli.home / "instances" / NAME).exists()
 
     made = cli("create", "debian", "--name", NAME, *common)

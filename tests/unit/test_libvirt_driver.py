@@ -369,3 +369,20 @@ def test_libvirt_problem_is_none_with_binding_and_daemon(
         libvirt_driver, "find_program", lambda name: str(daemon) if name == "virtqemud" else None
     )
     assert libvirt_driver.libvirt_problem() is None
+
+
+@pytest.mark.parametrize(
+    ("message", "code"),
+    [
+        ("Failed to connect socket to '/run/libvirt/libvirt-sock': Permission denied", 38),
+        ("authentication unavailable: no polkit agent available", 45),
+        ("Cannot recv data: root@bigbox: Permission denied (publickey).", 38),
+        ("libssh transport error: failed to authenticate: Access denied for 'publickey'.", 38),
+    ],
+)
+def test_a_uri_that_refuses_us_is_said_as_such(fake: FakeLibvirt, message: str, code: int) -> None:
+    fake.open_error = FakeLibvirtError(message, code)
+    with pytest.raises(CcloudvmError) as info:
+        libvirt_driver.connect("qemu:///system")
+    assert info.value.message == f"libvirt at qemu:///system refused us: {message}"
+    assert info.value.hint is not None and "libvirt group" in info.value.hint
