@@ -25,6 +25,10 @@ class JumpHostError(CcloudvmError):
     """The host between us and the guest refused us: retrying will not help."""
 
 
+class JumpHostUnreachable(CcloudvmError):
+    """The host between us and the guest did not answer this time: try again."""
+
+
 @dataclass(frozen=True)
 class JumpHost:
     host: str
@@ -85,10 +89,13 @@ class JumpHost:
                     hint=f"ssh to it once (ssh -p {self.port} {self.destination}) to record its "
                     "key, or give known_hosts=FILE in the URI",
                 ) from None
-            raise JumpHostError(f"SSH to {self.destination} failed: {exc}") from None
+            if isinstance(exc, paramiko.AuthenticationException):
+                raise JumpHostError(f"SSH to {self.destination} failed: {exc}") from None
+            # A handshake cut short (sshd busy: MaxStartups, a reset): worth another try.
+            raise JumpHostUnreachable(f"SSH to {self.destination} failed: {exc}") from None
         except (TimeoutError, OSError) as exc:
             client.close()
-            raise JumpHostError(
+            raise JumpHostUnreachable(
                 f"SSH to {self.destination} port {self.port} failed: {exc}"
             ) from None
         return client

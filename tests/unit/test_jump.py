@@ -28,7 +28,7 @@ from paramiko.common import (
 
 from ccloudvm.core.errors import CcloudvmError
 from ccloudvm.guest.keys import KeyPair, generate_ed25519, write_keypair
-from ccloudvm.remote.jump import JumpHost, JumpHostError
+from ccloudvm.remote.jump import JumpHost, JumpHostError, JumpHostUnreachable
 from ccloudvm.remote.ssh import wait_for_ssh
 from tests.unit.test_ssh import Env, _free_port, _make_server, _paramiko_key
 
@@ -317,7 +317,7 @@ def test_without_a_key_the_users_own_keys_and_name_are_used(
 
 def test_nothing_listening_is_one_line(jump: Jump) -> None:
     port = _free_port()
-    with pytest.raises(JumpHostError) as info:
+    with pytest.raises(JumpHostUnreachable) as info:  # retried by wait_for_ssh
         jump.host(port=port).connect(timeout=2)
     assert info.value.message.startswith(f"SSH to bob@127.0.0.1 port {port} failed: ")
     assert "Unable to connect" in info.value.message
@@ -328,7 +328,7 @@ def test_a_port_that_never_speaks_ssh_is_one_line(jump: Jump) -> None:
         host = jump.host(port=silent.getsockname()[1])
         jump.known_hosts.write_text(_known_line(host.port, jump.host_key))
         start = time.monotonic()
-        with pytest.raises(JumpHostError) as info:
+        with pytest.raises(JumpHostUnreachable) as info:  # retried by wait_for_ssh
             host.connect(timeout=0.5)
         assert time.monotonic() - start < 5
     assert info.value.message.startswith("SSH to bob@127.0.0.1 failed: ")
