@@ -93,6 +93,7 @@ def main() -> None:
             # libvirt may offer a KVM that hangs guests, which only the local probe sees).
             local_accel = accel.detect(mode="auto", run_dir=work).accel
             hide = [remote_home, args.image_cache]
+            (work / f"remote-{run}").mkdir()
             with libvirt_daemon.remote_daemon(work / f"remote-{run}", hide) as remote:
                 flags = ("--driver", "libvirt", "--connect", remote.uri, "--accel", local_accel)
                 figures.setdefault("remote 1st", []).append(
