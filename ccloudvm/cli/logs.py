@@ -94,9 +94,12 @@ def _follow(state: StateDir, name: str, text: str, offset: int, lines: int) -> N
     files = files_of(state, name)
     inst = load_state(state, name) if files.state.exists() else None
     # One driver, one connection to that host for the whole follow (not one a poll).
-    remote = drivers.for_instance(files, inst) if inst and drivers.is_remote(inst) else None
-    if remote is not None:  # its console is a pty on that host: copied here while we follow
-        remote.tap_console()  # type: ignore[attr-defined]
+    remote = None
+    if inst is not None and drivers.is_remote(inst):
+        from ccloudvm.vm.libvirt_driver import LibvirtDriver
+
+        remote = LibvirtDriver(files, inst)
+        remote.tap_console()  # its console is a pty on that host: copied here while we follow
 
     def going() -> bool:
         if remote is not None:

@@ -35,7 +35,7 @@ class JumpHost:
     port: int = 22
     user: str = ""  # empty: the local user's name, as ssh does
     key_path: Path | None = None  # None: ssh's usual keys and the agent
-    known_hosts: Path = Path("~/.ssh/known_hosts")  # DEFAULT_KNOWN_HOSTS
+    known_hosts: Path = DEFAULT_KNOWN_HOSTS
 
     @property
     def destination(self) -> str:

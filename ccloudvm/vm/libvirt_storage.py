@@ -14,7 +14,6 @@ stream, into the instance's local serial log, which readiness and `logs` read.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import threading
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -23,22 +22,15 @@ from urllib.parse import urlsplit
 
 from ccloudvm.core import ui
 from ccloudvm.core.errors import CcloudvmError, UsageError
+from ccloudvm.images.download import sha256_file
 
 POOL = "ccloudvm"
 SYSTEM_POOL_DIR = "/var/lib/libvirt/images/ccloudvm"
 _CHUNK = 1 << 20
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as source:
-        while block := source.read(_CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def volume_name(path: Path) -> str:
-    return f"{_sha256(path)[:20]}-{path.name}"
+    return f"{sha256_file(path)[:20]}-{path.name}"
 
 
 def _error(libvirt: Any, exc: Exception, what: str, uri: str) -> CcloudvmError:

@@ -57,7 +57,7 @@ def jump_host(uri: str) -> JumpHost | None:
     keyfile= and known_hosts= the URI gives libvirt itself."""
     if not is_remote(uri):
         return None
-    from ccloudvm.remote.jump import JumpHost  # paramiko: only for a remote instance
+    from ccloudvm.remote.jump import DEFAULT_KNOWN_HOSTS, JumpHost  # paramiko: remote only
 
     parts = urlsplit(uri)
     query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
@@ -68,5 +68,5 @@ def jump_host(uri: str) -> JumpHost | None:
         port=parts.port or 22,
         user=parts.username or "",
         key_path=Path(key) if key else None,
-        known_hosts=Path(known) if known else Path("~/.ssh/known_hosts"),
+        known_hosts=Path(known) if known else DEFAULT_KNOWN_HOSTS,
     )

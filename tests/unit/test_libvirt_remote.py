@@ -6,8 +6,6 @@ How the commands treat such an instance: tests/unit/test_remote_instance.py."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -33,22 +31,9 @@ from tests.unit.fake_libvirt import (
     install,
     pool_xml,
 )
+from tests.unit.xml_schema import needs_validator, validate
 
 REMOTE = "qemu+ssh://alice@far.example:2222/system?keyfile=/k/id_far&known_hosts=/k/far_hosts"
-VALIDATOR = shutil.which("virt-xml-validate")
-needs_validator = pytest.mark.skipif(
-    VALIDATOR is None or shutil.which("xmllint") is None,
-    reason="virt-xml-validate (libvirt-clients) and xmllint (libxml2-utils) are not installed",
-)
-
-
-def _validate(xml: str, tmp_path: Path) -> None:
-    path = tmp_path / "domain-check.xml"
-    path.write_text(xml)
-    result = subprocess.run(  # noqa: S603 - fixed argv
-        [str(VALIDATOR), str(path), "domain"], capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 # --- the URI --------------------------------------------------------------------------
@@ -164,7 +149,7 @@ def _qemu_args(root: ET.Element) -> list[str]:
 @needs_validator
 def test_a_remote_domain_has_a_pty_console_and_no_pid_file(tmp_path: Path) -> None:
     xml = domain_xml(_config(Path("/s/i/dev")), backing=Path("/pool/img"), remote=True)
-    _validate(xml, tmp_path)
+    validate(xml, "domain", tmp_path)
     root = ET.fromstring(xml)
     (serial,) = root.findall("devices/serial")
     assert serial.get("type") == "pty"
@@ -287,7 +272,7 @@ def test_the_remote_domain_is_valid_by_libvirts_schema(
 ) -> None:
     files, inst = _instance(tmp_path)
     LibvirtDriver(files, inst).define(_machine(files, inst))
-    _validate((files.dir / "domain.xml").read_text(), tmp_path)
+    validate((files.dir / "domain.xml").read_text(), "domain", tmp_path)
 
 
 def test_a_second_define_uploads_nothing_and_keeps_the_disk(

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import subprocess
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -31,23 +29,10 @@ from tests.unit.fake_libvirt import (
     FakeStream,
     pool_xml,
 )
+from tests.unit.xml_schema import needs_validator, validate
 
 SYSTEM = "qemu+ssh://alice@far.example/system"
 SESSION = "qemu+ssh://alice@far.example/session"
-VALIDATOR = shutil.which("virt-xml-validate")
-needs_validator = pytest.mark.skipif(
-    VALIDATOR is None or shutil.which("xmllint") is None,
-    reason="virt-xml-validate (libvirt-clients) and xmllint (libxml2-utils) are not installed",
-)
-
-
-def _validate(xml: str, schema: str, tmp_path: Path) -> None:
-    path = tmp_path / f"{schema}.xml"
-    path.write_text(xml)
-    result = subprocess.run(  # noqa: S603 - fixed argv
-        [str(VALIDATOR), str(path), schema], capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.fixture
@@ -108,7 +93,7 @@ def test_a_missing_pool_is_made_under_system(lv: FakeLibvirt, tmp_path: Path) ->
     assert root.get("type") == "dir"
     assert root.findtext("name") == "ccloudvm"
     assert root.findtext("target/path") == "/var/lib/libvirt/images/ccloudvm"
-    _validate(lv.conn.pools_defined[0], "storagepool", tmp_path)
+    validate(lv.conn.pools_defined[0], "storagepool", tmp_path)
     assert made.calls == [("build", 0), ("create", 0), ("refresh", 0)]
     assert made.autostart and made.active
 
@@ -198,7 +183,7 @@ def test_a_new_file_is_uploaded_whole_into_a_raw_volume_of_its_size(
     assert root.find("capacity").get("unit") == "bytes"  # type: ignore[union-attr]
     assert root.find("target/format").get("type") == "raw"  # type: ignore[union-attr]
     assert root.find("backingStore") is None
-    _validate(xml, "storagevol", tmp_path)
+    validate(xml, "storagevol", tmp_path)
     volume = store.volumes[name]
     assert volume.calls == [("upload", 0, len(data), 0)]
     (stream,) = lv.conn.streams
@@ -323,7 +308,7 @@ def test_the_disk_is_a_qcow2_volume_backed_by_the_images(
     assert root.find("target/format").get("type") == "qcow2"  # type: ignore[union-attr]
     assert root.findtext("backingStore/path") == "/srv/pool/abc-img"
     assert root.find("backingStore/format").get("type") == "qcow2"  # type: ignore[union-attr]
-    _validate(xml, "storagevol", tmp_path)
+    validate(xml, "storagevol", tmp_path)
 
 
 def test_an_existing_disk_is_kept(lv: FakeLibvirt, store: FakePool) -> None:

@@ -3,8 +3,6 @@ same machine as the QEMU command line built from the same MachineConfig."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -15,12 +13,7 @@ from ccloudvm.core.specs import DriveSpec, MountSpec, PortSpec
 from ccloudvm.vm.accel import Acceleration
 from ccloudvm.vm.libvirt_xml import QEMU_NS, domain_xml, drive_source, owner_of
 from ccloudvm.vm.qemu import DirectBoot, MachineConfig
-
-VALIDATOR = shutil.which("virt-xml-validate")
-needs_validator = pytest.mark.skipif(
-    VALIDATOR is None or shutil.which("xmllint") is None,
-    reason="virt-xml-validate (libvirt-clients) and xmllint (libxml2-utils) are not installed",
-)
+from tests.unit.xml_schema import needs_validator, validate
 
 
 def _config(**overrides: object) -> MachineConfig:
@@ -48,15 +41,6 @@ FULL = dict(
 )
 
 
-def _validate(xml: str, tmp_path: Path) -> None:
-    path = tmp_path / "domain.xml"
-    path.write_text(xml)
-    result = subprocess.run(  # noqa: S603 - fixed argv
-        [str(VALIDATOR), str(path), "domain"], capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
 @needs_validator
 @pytest.mark.parametrize(
     "cfg",
@@ -68,7 +52,9 @@ def _validate(xml: str, tmp_path: Path) -> None:
     ids=["plain", "ports-mounts-drives", "kvm-no-kernel"],
 )
 def test_the_domain_is_valid_by_libvirts_schema(cfg: MachineConfig, tmp_path: Path) -> None:
-    _validate(domain_xml(cfg, backing=Path("/cache/base.qcow2"), owner="/s/i/dev"), tmp_path)
+    validate(
+        domain_xml(cfg, backing=Path("/cache/base.qcow2"), owner="/s/i/dev"), "domain", tmp_path
+    )
 
 
 def _qemu_args(root: ET.Element) -> list[str]:

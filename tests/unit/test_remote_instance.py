@@ -30,6 +30,7 @@ from ccloudvm.state.instance_state import (
 from ccloudvm.state.paths import StateDir
 from ccloudvm.vm.libvirt_xml import CCLOUDVM_NS
 from tests.unit.fake_libvirt import FakeDomain, FakeLibvirt, FakeLibvirtError, FakeStream, install
+from tests.unit.test_ssh_argv import _resolved
 
 REMOTE = "qemu+ssh://alice@far.example:2222/system?keyfile=/k/id_far&known_hosts=/k/far_hosts"
 SSH = shutil.which("ssh")
@@ -141,18 +142,6 @@ def test_instances_lists_an_unreachable_remote_instance_with_the_others(
 
 
 # --- connect and ssh-config -----------------------------------------------------------
-
-
-def _resolved(argv: list[str]) -> dict[str, list[str]]:
-    """What ssh makes of these arguments, without connecting: each option's values."""
-    result = subprocess.run(  # noqa: S603 - ssh -G only prints
-        [argv[0], "-G", *argv[1:]], capture_output=True, text=True, timeout=30, check=True
-    )
-    config: dict[str, list[str]] = {}
-    for line in result.stdout.splitlines():
-        key, _, value = line.partition(" ")
-        config.setdefault(key, []).append(value)
-    return config
 
 
 def _assert_the_jump_host(config: dict[str, list[str]]) -> None:
